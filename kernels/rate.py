@@ -1,0 +1,281 @@
+"""The ops of rate-based backpropagation (Yu et al., NeurIPS 2024): the spike pass and the rate neuron.
+
+- `lif_rate(x)`: one pass over time with no graph, writing spikes [T, ...], the rate mean_t S_t and the eligibility
+  elig = d(mean_t S_t)/dc (forward-mode, for a shift c added to every X_t), both [...] in fp32.
+- `rate_ste(current, rate, elig)`: the rate stream's neuron, valued `rate`, with d/d current = elig.
+- `rate_reduce(s)`: mean over time in fp32 (also fused into `lif_rate`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from kernels import reference
+from kernels.backend import check_backend, use_triton
+from kernels.lif_step import charge, fire, reset, reset_grad, surrogate_grad
+from kernels.options import LIFOptions, check_floating, check_same_device, check_sequence
+
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+# Forward-mode eligibility, carried beside the potential:
+#   h'_t = lam v'_{t-1} + g,   v'_t = h'_t dV_t/dH_t,   elig = (1/T) sum_t sg_t h'_t
+@triton.jit
+def _lif_rate_kernel(
+    x_ptr,  # [T, N] input current X, storage dtype
+    spikes_ptr,  # [T, N] out: spikes S
+    rate_ptr,  # [N] out: mean_t S_t, fp32
+    elig_ptr,  # [N] out: eligibility, fp32
+    n_neurons,  # N
+    n_steps,  # T
+    lam,  # 1 - 1/tau
+    inv_tau,  # 1/tau
+    input_gain,  # g = dH/dX
+    v_threshold,  # th
+    v_reset,  # vr (ignored for soft reset)
+    alpha,  # surrogate sharpness
+    HARD: tl.constexpr,  # hard reset
+    DECAY_INPUT: tl.constexpr,  # input scaled by 1/tau
+    DETACH_RESET: tl.constexpr,  # no gradient through the spike in the reset
+    SURROGATE: tl.constexpr,  # 0 sigmoid, 1 atan, 2 triangle
+    BLOCK: tl.constexpr,  # neurons per program
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_neurons
+    v = tl.full((BLOCK,), 0.0, tl.float32)
+    if HARD:
+        v += v_reset
+    dv = tl.full((BLOCK,), 0.0, tl.float32)
+    count = tl.full((BLOCK,), 0.0, tl.float32)
+    elig = tl.full((BLOCK,), 0.0, tl.float32)
+    for _ in range(n_steps):
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        h = charge(v, x, lam, inv_tau, v_reset, HARD, DECAY_INPUT)
+        s = fire(h, v_threshold)
+        sg = surrogate_grad(h - v_threshold, alpha, SURROGATE)
+        dh = lam * dv + input_gain
+        elig += sg * dh
+        dv = dh * reset_grad(h, s, sg, v_threshold, v_reset, HARD, DETACH_RESET)
+        v = reset(h, s, v_threshold, v_reset, HARD)
+        count += s
+        tl.store(spikes_ptr + offs, s.to(spikes_ptr.dtype.element_ty), mask=mask)
+        x_ptr += n_neurons
+        spikes_ptr += n_neurons
+    tl.store(rate_ptr + offs, count / n_steps, mask=mask)
+    tl.store(elig_ptr + offs, elig / n_steps, mask=mask)
+
+
+@triton.jit
+def _rate_reduce_kernel(
+    s_ptr,  # [T, N] spikes (or any sequence), storage dtype
+    out_ptr,  # [N] out: mean over T, fp32
+    n_neurons,  # N
+    n_steps,  # T
+    BLOCK: tl.constexpr,  # elements per program
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_neurons
+    acc = tl.full((BLOCK,), 0.0, tl.float32)
+    for _ in range(n_steps):
+        acc += tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        s_ptr += n_neurons
+    tl.store(out_ptr + offs, acc / n_steps, mask=mask)
+
+
+@triton.jit
+def _scaled_copy_kernel(
+    src_ptr,  # [N] values to copy
+    scale_ptr,  # [N] elementwise factor (only when HAS_SCALE)
+    out_ptr,  # [N] out: src * scale in fp32, stored in out's dtype
+    n,  # N
+    HAS_SCALE: tl.constexpr,  # multiply by scale, else a casting copy
+    BLOCK: tl.constexpr,  # elements per program
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    value = tl.load(src_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        value = value * tl.load(scale_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _grid(n: int):
+    return (triton.cdiv(n, BLOCK),)
+
+
+def _state_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# --- lif_rate ---------------------------------------------------------------------------------------------------
+
+
+@triton_op("spikekd::lif_rate", mutates_args={})
+def _lif_rate_op(
+    x: torch.Tensor,
+    tau: float,
+    v_threshold: float,
+    v_reset: float | None,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate_id: int,
+    alpha: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not use_triton(backend, x):
+        return reference.lif_rate(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha)
+    x = x.contiguous()
+    spikes = torch.empty_like(x)
+    rate = torch.empty(x.shape[1:], dtype=_state_dtype(x), device=x.device)
+    elig = torch.empty_like(rate)
+    n_steps, n_neurons = x.shape[0], rate.numel()
+    if n_neurons > 0:
+        wrap_triton(_lif_rate_kernel)[_grid(n_neurons)](
+            x, spikes, rate, elig, n_neurons, n_steps,
+            1.0 - 1.0 / tau, 1.0 / tau, 1.0 / tau if decay_input else 1.0, v_threshold,
+            0.0 if v_reset is None else v_reset, alpha,
+            HARD=v_reset is not None, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset, SURROGATE=surrogate_id,
+            BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )  # fmt: skip
+    return spikes, rate, elig
+
+
+@_lif_rate_op.register_fake
+def _(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha, backend):
+    rate = x.new_empty(x.shape[1:], dtype=_state_dtype(x))
+    return torch.empty_like(x), rate, torch.empty_like(rate)
+
+
+def lif_rate(
+    x: torch.Tensor,
+    *,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float | None = None,
+    decay_input: bool = False,
+    detach_reset: bool = True,
+    surrogate: str = "sigmoid",
+    alpha: float | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spike pass of rate-based backprop: x [T, ...] -> (spikes [T, ...], rate [...], elig [...]).
+
+    Same neuron and options as `lif_multistep`; builds no graph and keeps no [T, ...] state. rate and elig are fp32.
+    """
+    check_sequence(x)
+    check_backend(backend)
+    options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    return torch.ops.spikekd.lif_rate(x.detach(), *options.op_args(), backend)
+
+
+# --- rate_reduce ------------------------------------------------------------------------------------------------
+
+
+@triton_op("spikekd::rate_reduce", mutates_args={})
+def _rate_reduce_op(s: torch.Tensor, backend: str) -> torch.Tensor:
+    if not use_triton(backend, s):
+        return reference.rate_reduce(s)
+    s = s.contiguous()
+    out = torch.empty(s.shape[1:], dtype=_state_dtype(s), device=s.device)
+    if out.numel() > 0:
+        wrap_triton(_rate_reduce_kernel)[_grid(out.numel())](s, out, out.numel(), s.shape[0], BLOCK=BLOCK)
+    return out
+
+
+@_rate_reduce_op.register_fake
+def _(s, backend):
+    return s.new_empty(s.shape[1:], dtype=_state_dtype(s))
+
+
+def _rate_reduce_setup(ctx, inputs, output):
+    s, _ = inputs
+    ctx.shape, ctx.dtype = s.shape, s.dtype
+
+
+def _rate_reduce_backward(ctx, grad):
+    n_steps = ctx.shape[0]
+    return (grad / n_steps).to(ctx.dtype).unsqueeze(0).expand(ctx.shape), None
+
+
+_rate_reduce_op.register_autograd(_rate_reduce_backward, setup_context=_rate_reduce_setup)
+
+
+def rate_reduce(s: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """mean_t s_t of s [T, ...] -> [...], accumulated and returned in fp32; differentiable."""
+    check_sequence(s, "s")
+    check_backend(backend)
+    return torch.ops.spikekd.rate_reduce(s, backend)
+
+
+# --- rate_ste ---------------------------------------------------------------------------------------------------
+
+
+def _scaled_copy(src: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    src = src.contiguous()
+    out = torch.empty(src.shape, dtype=dtype, device=src.device)
+    if out.numel() > 0:
+        scale = src if scale is None else scale.contiguous()
+        wrap_triton(_scaled_copy_kernel)[_grid(out.numel())](
+            src, scale, out, out.numel(), HAS_SCALE=scale is not src, BLOCK=BLOCK
+        )
+    return out
+
+
+@triton_op("spikekd::rate_ste", mutates_args={})
+def _rate_ste_op(current: torch.Tensor, rate: torch.Tensor, elig: torch.Tensor, backend: str) -> torch.Tensor:
+    if use_triton(backend, current):
+        return _scaled_copy(rate, None, current.dtype)
+    return rate.to(current.dtype, copy=True)
+
+
+@_rate_ste_op.register_fake
+def _(current, rate, elig, backend):
+    return torch.empty_like(current)
+
+
+@triton_op("spikekd::rate_ste_backward", mutates_args={})
+def _rate_ste_backward_op(grad: torch.Tensor, elig: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
+    if use_triton(backend, grad):
+        return _scaled_copy(grad, elig, dtype)
+    return reference.rate_ste_backward(grad, elig, dtype)
+
+
+@_rate_ste_backward_op.register_fake
+def _(grad, elig, dtype, backend):
+    return grad.new_empty(grad.shape, dtype=dtype)
+
+
+def _rate_ste_setup(ctx, inputs, output):
+    current, _, elig, backend = inputs
+    ctx.dtype, ctx.backend = current.dtype, backend
+    ctx.save_for_backward(elig)
+
+
+def _rate_ste_backward(ctx, grad):
+    (elig,) = ctx.saved_tensors
+    return torch.ops.spikekd.rate_ste_backward(grad, elig, ctx.dtype, ctx.backend), None, None, None
+
+
+_rate_ste_op.register_autograd(_rate_ste_backward, setup_context=_rate_ste_setup)
+
+
+def rate_ste(current: torch.Tensor, rate: torch.Tensor, elig: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """The rate neuron: returns `rate` (in current's dtype) with d out / d current = elig, elementwise.
+
+    current [B, ...] is the rate stream's input current (with a graph); rate and elig come from `lif_rate` on the
+    spike stream and carry no gradient.
+    """
+    for name, t in (("current", current), ("rate", rate), ("elig", elig)):
+        check_floating(t, name)
+    if not (current.shape == rate.shape == elig.shape):
+        raise ValueError(
+            "rate_ste needs current, rate and elig of one shape, got "
+            f"current {tuple(current.shape)}, rate {tuple(rate.shape)}, elig {tuple(elig.shape)}"
+        )
+    check_same_device(current=current, rate=rate, elig=elig)
+    check_backend(backend)
+    return torch.ops.spikekd.rate_ste(current, rate.detach(), elig.detach(), backend)

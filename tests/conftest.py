@@ -1,0 +1,31 @@
+"""Shared test set-up: the Triton interpreter on CPU-only machines, a seed fixture, and the `cuda` marker."""
+
+import os
+
+import pytest
+import torch
+
+# Must be set before triton is imported, so that `backend="triton"` runs the kernels on the CPU interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def seed() -> int:
+    """Seeds torch's generators and returns the seed."""
+    torch.manual_seed(0)
+    return 0
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request) -> torch.device:
+    return torch.device(request.param)

@@ -1,0 +1,265 @@
+"""Distillation losses: functions take the student's tensors first, then the teacher's; modules wrap them.
+
+Logits are ``[B, K]`` (an SNN's logits are the mean over time of its per-step logits). Every KL term is
+``KL(p_teacher || p_student)`` averaged over the batch (``reduction="batchmean"``) and scaled by ``tau**2`` so
+that its gradient keeps the size of the cross-entropy's when the temperature changes (Hinton et al. 2015).
+Teacher tensors are detached here: a loss never trains the teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BlockwiseLoss",
+    "CKDLoss",
+    "FeatureAlignmentLoss",
+    "KDLoss",
+    "NLDLoss",
+    "SAMDLoss",
+    "blockwise_loss",
+    "class_activation_map",
+    "cross_entropy",
+    "feature_alignment_loss",
+    "kd_loss",
+    "nld_loss",
+    "samd_loss",
+    "spike_activation_map",
+]
+
+
+def _check_tau(tau: float) -> None:
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau!r}")
+
+
+def _soft_kl(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
+    """``tau^2 * mean_b KL(softmax(t_b / tau) || softmax(s_b / tau))`` over the last dimension."""
+    _check_tau(tau)
+    log_p_s = F.log_softmax(student_logits.float() / tau, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / tau, dim=-1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
+    return kl.mean() * tau**2
+
+
+def cross_entropy(student_logits: Tensor, target: Tensor) -> Tensor:
+    """``CE(z, y) = mean_b [-log softmax(z_b)[y_b]]``. ``student_logits`` ``[B, K]``, ``target`` ``[B]`` int64."""
+    return F.cross_entropy(student_logits.float(), target)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float = 4.0) -> Tensor:
+    """Hinton knowledge distillation: ``tau^2 * KL(p_T || p_S)`` with ``p = softmax(z / tau)``.
+
+    Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015 (arXiv 1503.02531).
+    Both logits ``[B, K]``; returns a scalar.
+    """
+    return _soft_kl(student_logits, teacher_logits, tau)
+
+
+def feature_alignment_loss(student_feature: Tensor, teacher_feature: Tensor, align: nn.Module | None = None) -> Tensor:
+    """Feature alignment: ``mean((phi(r_S) - f_T)^2)``, the MSE between the student's rate feature after the
+    alignment module ``phi`` (identity when ``align`` is None) and the teacher's feature, both ``[B, C, H, W]``.
+
+    As in the alignment term of Yang et al., CVPR 2025 (arXiv 2503.16572) and FitNets (Romero et al., 2015).
+    """
+    projected = student_feature if align is None else align(student_feature)
+    if projected.shape != teacher_feature.shape:
+        raise ValueError(
+            f"feature_alignment_loss: student feature {tuple(projected.shape)} (after align) does not match "
+            f"teacher feature {tuple(teacher_feature.shape)}"
+        )
+    return F.mse_loss(projected.float(), teacher_feature.detach().float())
+
+
+def blockwise_loss(
+    outputs: Sequence[Tensor] | Mapping[str, Tensor],
+    target: Tensor,
+    teacher_logits: Tensor,
+    alpha: float = 1.0,
+    tau: float = 4.0,
+) -> Tensor:
+    """Block-wise hybrid loss of ANN-guided distillation through hybrid block-wise replacement:
+
+        L = sum_{o in {S, M_1, ..., M_{K-1}}} [ CE(z_o, y) + alpha * tau^2 * KL(p_A || p_o) ]
+
+    where ``z_S`` are the pure SNN's logits, ``z_{M_k}`` those of the hybrid that runs SNN stages 1..k, the
+    alignment phi_k and the ANN's frozen stages k+1..K, and ``p_A = softmax(z_A / tau)`` is the ANN's.
+    Yang et al., "Efficient ANN-Guided Distillation: Aligning Rate-based Features of Spiking Neural Networks
+    through Hybrid Block-wise Replacement", CVPR 2025 (arXiv 2503.16572).
+
+    ``outputs``: the logits ``[B, K]`` of every branch (a mapping such as ``HybridNet``'s output without its
+    ``"teacher"`` entry, or a sequence); ``target`` ``[B]``; ``teacher_logits`` ``[B, K]``.
+    """
+    branches = list(outputs.values()) if isinstance(outputs, Mapping) else list(outputs)
+    if not branches:
+        raise ValueError("blockwise_loss: outputs is empty; give at least the student's logits")
+    return sum(cross_entropy(z, target) + alpha * _soft_kl(z, teacher_logits, tau) for z in branches)
+
+
+def class_activation_map(feature: Tensor, fc_weight: Tensor, classes: Tensor) -> Tensor:
+    """Class activation map (Zhou et al., CVPR 2016): ``CAM_b(h, w) = sum_c W[y_b, c] * F_b(c, h, w)``.
+
+    ``feature`` ``[B, C, H, W]`` (the teacher's last-stage feature), ``fc_weight`` ``[K, C]`` (its head's
+    classifier), ``classes`` ``[B]`` (the class to explain, e.g. the teacher's prediction). Returns ``[B, H, W]``.
+    """
+    weights = fc_weight[classes]  # [B, C]
+    return torch.einsum("bc,bchw->bhw", weights.float(), feature.float())
+
+
+def spike_activation_map(spike_rate: Tensor, time_steps: int = 1) -> Tensor:
+    """Spike activation map: the spike count per position, ``SAM_b(h, w) = sum_t sum_c S_t,b(c, h, w)``.
+
+    ``spike_rate`` ``[B, C, H, W]`` is the mean over time of the spikes, so the count is ``T * sum_c rate``;
+    ``time_steps`` is ``T``. A ``[T, B, C, H, W]`` spike tensor is also accepted (then ``time_steps`` is unused).
+    Returns ``[B, H, W]``.
+    """
+    if spike_rate.dim() == 5:
+        return spike_rate.float().sum(dim=(0, 2))
+    return spike_rate.float().sum(dim=1) * time_steps
+
+
+def samd_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0) -> Tensor:
+    """Saliency-scaled activation map distillation (SAMD):
+
+        L = tau^2 * mean_b KL( softmax_p(CAM_b / tau) || softmax_p(SAM_b / tau) )
+
+    where the softmax runs over the ``H * W`` positions p, ``CAM`` is the teacher ANN's class activation map
+    and ``SAM`` the student SNN's spike activation map (see ``class_activation_map``, ``spike_activation_map``).
+    When their sizes differ the student's map is average-pooled (or upsampled) to the teacher's.
+    Liu et al., "A Closer Look at Knowledge Distillation in Spiking Neural Network Training", AAAI 2026
+    (arXiv 2511.06902). Both maps ``[B, H, W]``; returns a scalar.
+    """
+    if student_map.shape[-2:] != teacher_map.shape[-2:]:
+        student_map = F.adaptive_avg_pool2d(student_map.unsqueeze(1), teacher_map.shape[-2:]).squeeze(1)
+    return _soft_kl(student_map.flatten(1), teacher_map.flatten(1), tau)
+
+
+def nld_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: float = 4.0,
+    noise_scale: float = 1.0,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Noise-smoothed logits distillation (NLD): KD against the student's logits smoothed by Gaussian noise whose
+    size follows the student's own logit statistics:
+
+        z~_S = z_S + noise_scale * std(z_S) * eps,   eps ~ N(0, I),   std over the K classes of each sample
+        L    = tau^2 * KL( softmax(z_T / tau) || softmax(z~_S / tau) )
+
+    ``std(z_S)`` is detached (the noise is a smoothing, not a path for gradients). Liu et al., AAAI 2026
+    (arXiv 2511.06902). ``noise`` ``[B, K]`` fixes ``eps`` (tests); otherwise it is drawn from ``generator``.
+    """
+    if noise is None:
+        noise = torch.randn(student_logits.shape, generator=generator, device=student_logits.device)
+    scale = student_logits.detach().float().std(dim=-1, keepdim=True)
+    smoothed = student_logits.float() + noise_scale * scale * noise.to(student_logits.device, torch.float32)
+    return _soft_kl(smoothed, teacher_logits, tau)
+
+
+class KDLoss(nn.Module):
+    """``CE(z_S, y) + alpha * kd_loss(z_S, z_T, tau)``."""
+
+    def __init__(self, alpha: float = 1.0, tau: float = 4.0):
+        super().__init__()
+        _check_tau(tau)
+        self.alpha, self.tau = alpha, tau
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(student_logits, target) + self.alpha * kd_loss(student_logits, teacher_logits, self.tau)
+
+
+class FeatureAlignmentLoss(nn.Module):
+    """``feature_alignment_loss`` with its alignment module ``phi`` (1x1 conv + BN by default) as a submodule."""
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.align = nn.Sequential(
+            nn.Conv2d(student_channels, teacher_channels, 1, bias=False), nn.BatchNorm2d(teacher_channels)
+        )
+
+    def forward(self, student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+        return feature_alignment_loss(student_feature, teacher_feature, self.align)
+
+
+class BlockwiseLoss(nn.Module):
+    """``blockwise_loss`` on the dict of a ``models.HybridNet``: every key but ``"teacher"`` is a branch, and
+    ``"teacher"`` gives ``p_A``."""
+
+    def __init__(self, alpha: float = 1.0, tau: float = 4.0):
+        super().__init__()
+        _check_tau(tau)
+        self.alpha, self.tau = alpha, tau
+
+    def forward(self, outputs: Mapping[str, Tensor], target: Tensor) -> Tensor:
+        branches = {k: v for k, v in outputs.items() if k != "teacher"}
+        return blockwise_loss(branches, target, outputs["teacher"], self.alpha, self.tau)
+
+
+class SAMDLoss(nn.Module):
+    """``samd_loss`` from the raw tensors: the student's last rate feature ``[B, C_s, H, W]``, the teacher's last
+    feature ``[B, C_t, H', W']``, the teacher's classifier weight ``[K, C_t]`` and logits ``[B, K]`` (its
+    prediction picks the class of the CAM) and the number of time steps ``T``."""
+
+    def __init__(self, tau: float = 1.0):
+        super().__init__()
+        _check_tau(tau)
+        self.tau = tau
+
+    def forward(
+        self,
+        student_feature: Tensor,
+        teacher_feature: Tensor,
+        fc_weight: Tensor,
+        teacher_logits: Tensor,
+        time_steps: int,
+    ) -> Tensor:
+        cam = class_activation_map(teacher_feature.detach(), fc_weight.detach(), teacher_logits.argmax(-1))
+        sam = spike_activation_map(student_feature, time_steps)
+        return samd_loss(sam, cam, self.tau)
+
+
+class NLDLoss(nn.Module):
+    """``nld_loss`` as a module."""
+
+    def __init__(self, tau: float = 4.0, noise_scale: float = 1.0):
+        super().__init__()
+        _check_tau(tau)
+        self.tau, self.noise_scale = tau, noise_scale
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, generator: torch.Generator | None = None):
+        return nld_loss(student_logits, teacher_logits, self.tau, self.noise_scale, generator=generator)
+
+
+class CKDLoss(nn.Module):
+    """The ``ckd`` method (Liu et al., AAAI 2026): ``CE + alpha * NLD + beta * SAMD``."""
+
+    def __init__(
+        self, alpha: float = 1.0, beta: float = 1.0, tau: float = 4.0, map_tau: float = 1.0, noise_scale: float = 1.0
+    ):
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+        self.nld = NLDLoss(tau, noise_scale)
+        self.samd = SAMDLoss(map_tau)
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        student_feature: Tensor,
+        teacher_logits: Tensor,
+        teacher_feature: Tensor,
+        fc_weight: Tensor,
+        target: Tensor,
+        time_steps: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        return (
+            cross_entropy(student_logits, target)
+            + self.alpha * self.nld(student_logits, teacher_logits, generator)
+            + self.beta * self.samd(student_feature, teacher_feature, fc_weight, teacher_logits, time_steps)
+        )

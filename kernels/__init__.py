@@ -1,6 +1,6 @@
 """SpikeKD's neuron ops: fused Triton kernels on CUDA, pure-PyTorch twins elsewhere (`kernels.reference`).
 
-    from kernels import lif_multistep, lif_rate, rate_ste, rate_reduce, poisson_encode
+from kernels import lif_multistep, lif_rate, rate_ste, rate_reduce, poisson_encode
 """
 
 from kernels.backend import BACKENDS
@@ -9,4 +9,13 @@ from kernels.lif import lif_multistep
 from kernels.options import SURROGATES, LIFOptions
 from kernels.rate import lif_rate, rate_reduce, rate_ste
 
-__all__ = ["BACKENDS", "SURROGATES", "LIFOptions", "lif_multistep", "lif_rate", "poisson_encode", "rate_reduce", "rate_ste"]
+__all__ = [
+    "BACKENDS",
+    "SURROGATES",
+    "LIFOptions",
+    "lif_multistep",
+    "lif_rate",
+    "poisson_encode",
+    "rate_reduce",
+    "rate_ste",
+]

@@ -61,7 +61,7 @@ def poisson_encode(x: torch.Tensor, T: int, seed: int, *, backend: str = "auto")
     """x [B, ...] -> spikes [T, B, ...] in x.dtype with P(spike) = clamp(x, 0, 1); the same seed, the same spikes."""
     check_floating(x, "x")
     if x.dim() < 1:
-        raise ValueError(f"x must have at least 1 dim [B, ...], got a 0-dim tensor")
+        raise ValueError("x must have at least 1 dim [B, ...], got a 0-dim tensor")
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be an int >= 1 (the number of timesteps), got {T!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:

@@ -172,7 +172,10 @@ def test_poisson_encode_kernel_reproduces_reference_bits():
     x = torch.rand(3, 5, 7)
     for seed in (0, 1234, 2**40 + 17):
         torch.testing.assert_close(
-            poisson_encode(x, 6, seed, backend="triton"), poisson_encode(x, 6, seed, backend="reference"), rtol=0, atol=0
+            poisson_encode(x, 6, seed, backend="triton"),
+            poisson_encode(x, 6, seed, backend="reference"),
+            rtol=0,
+            atol=0,
         )
 
 

@@ -1,0 +1,104 @@
+"""The data set object the trainer sees, and the error raised when one is missing or corrupt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+class DatasetError(RuntimeError):
+    """A data set is missing or unreadable. The message says where SpikeKD looked and how to get it."""
+
+
+def missing(name: str, looked: list[Path] | Path, how: str) -> DatasetError:
+    looked = [looked] if isinstance(looked, Path) else looked
+    places = ", ".join(str(p) for p in looked)
+    return DatasetError(f"{name}: data not found; looked in {places}. {how}")
+
+
+def corrupt(name: str, path: Path, why: str, how: str) -> DatasetError:
+    return DatasetError(f"{name}: {path} is corrupt ({why}). {how}")
+
+
+@dataclass
+class Dataset:
+    """A labelled image set with a ``batch(index)`` accessor.
+
+    In memory (``images`` set): ``images`` is uint8 or float ``[N, C, H, W]`` (or ``[N, T, C, H, W]`` for event
+    frames) and ``batch`` scales by ``1 / scale`` and normalises by ``mean`` / ``std`` per channel.
+    Lazy (``loader`` set): ``loader(i)`` returns sample ``i`` as a float tensor in [0, 1] (after ``scale``), for
+    sets too large to hold (ImageFolder, CIFAR10-DVS). Either way ``batch`` returns float32 ``x`` and int64 ``y``.
+    """
+
+    name: str
+    labels: Tensor  # int64 [N]
+    num_classes: int
+    images: Tensor | None = None
+    loader: object | None = None  # callable int -> Tensor
+    scale: float = 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    crop_padding: int = 0  # the augmentation that suits the set: random crop with this zero padding ...
+    flip: bool = False  # ... and a random horizontal flip
+    time_steps: int | None = None  # frames per sample for event data, None for static images
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` or ``(T, C, H, W)`` of one sample."""
+        if self.images is not None:
+            return tuple(self.images.shape[1:])
+        return tuple(self.loader(0).shape)
+
+    @property
+    def in_channels(self) -> int:
+        return self.sample_shape[-3]
+
+    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+        """Samples ``index`` (int64 ``[B]``) as ``x`` float32 ``[B, *sample_shape]`` normalised, ``y`` ``[B]``."""
+        if self.images is not None:
+            x = self.images[index].to(device, non_blocking=True).float() / self.scale
+        else:
+            x = torch.stack([self.loader(int(i)) for i in index]).to(device).float() / self.scale
+        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(-1, 1, 1)
+        return (x - mean) / std, self.labels[index].to(device)
+
+    def subset(self, size: int, seed: int = 0) -> Dataset:
+        """The first ``size`` samples of a fixed random permutation (a quick, class-balanced-in-expectation subset)."""
+        if size >= len(self) or size <= 0:
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+        if self.images is not None:
+            images, loader = self.images[keep], None
+        else:
+            images, base = None, self.loader
+            loader = _Reindexed(base, keep)
+        return Dataset(
+            self.name,
+            self.labels[keep],
+            self.num_classes,
+            images,
+            loader,
+            self.scale,
+            self.mean,
+            self.std,
+            self.crop_padding,
+            self.flip,
+            self.time_steps,
+            self.classes,
+        )
+
+
+class _Reindexed:
+    def __init__(self, loader, index: Tensor):
+        self.loader, self.index = loader, index
+
+    def __call__(self, i: int) -> Tensor:
+        return self.loader(int(self.index[i]))

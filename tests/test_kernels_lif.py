@@ -23,11 +23,15 @@ DTYPES = [
 ]
 
 
+# The kernels run on CUDA where there is one, else under the Triton interpreter on the CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _device(dtype):
-    return "cuda" if dtype == torch.bfloat16 or torch.cuda.is_available() else "cpu"
+    return "cuda" if dtype == torch.bfloat16 else DEVICE
 
 
-def _current(shape, dtype=torch.float32, device="cpu", seed=0):
+def _current(shape, dtype=torch.float32, device=DEVICE, seed=0):
     """Input currents spread around the threshold so that every code path fires and rests."""
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=gen) * 1.2 + 0.4).to(dtype=dtype, device=device)
@@ -53,7 +57,7 @@ def test_lif_multistep_matches_reference(shape, v_reset, detach_reset, decay_inp
     torch.testing.assert_close(spikes, expected, rtol=0, atol=0)
     assert 0 < spikes.mean() < 1, "the grid should exercise both firing and resting"
 
-    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     (grad_triton,) = torch.autograd.grad(spikes, x_triton, grad_out)
     (grad_oracle,) = torch.autograd.grad(expected, x_oracle, grad_out)
     torch.testing.assert_close(grad_triton, grad_oracle, rtol=1e-5, atol=1e-6)
@@ -64,7 +68,7 @@ def test_reference_backward_matches_autograd(v_reset, detach_reset, decay_input,
     """The hand-written reverse loop of the twin against autograd through the same forward, in float64."""
     kw = _kwargs(v_reset, detach_reset, decay_input, surrogate, tau=3.0, alpha=1.5)
     x = _current((5, 4, 9)).double().requires_grad_()
-    grad_out = torch.randn(5, 4, 9, dtype=torch.float64)
+    grad_out = torch.randn(5, 4, 9, dtype=torch.float64, device=DEVICE)
     spikes = lif_multistep(x, backend="reference", **kw)
     (grad,) = torch.autograd.grad(spikes, x, grad_out)
     (expected,) = torch.autograd.grad(reference.lif_autograd(x, *_oracle_args(kw)), x, grad_out)
@@ -160,7 +164,7 @@ def test_nan_in_nan_out(backend):
 
 def test_hard_reset_potential_starts_at_reset():
     """V_0 = vr: with vr = 0.9 and th = 1, a current of 0.15 fires at once (hard, no decay: H = lam vr + x + vr/tau)."""
-    x = torch.full((2, 1, 4), 0.15)
+    x = torch.full((2, 1, 4), 0.15, device=DEVICE)
     spikes = lif_multistep(x, v_reset=0.9, backend="triton")
     assert spikes[0].eq(1).all()
     assert lif_multistep(x, backend="triton")[0].eq(0).all()

@@ -9,6 +9,8 @@ from kernels import lif_multistep, lif_rate, poisson_encode, rate_reduce, rate_s
 from kernels.options import SURROGATES, LIFOptions
 
 BACKENDS = ["triton", "reference"]
+# The kernels run on CUDA where there is one, else under the Triton interpreter on the CPU.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The Triton interpreter cannot run a kernel while AOT dispatch traces the op's body (it reads data pointers of the
 # tracing tensors), so on CPU the triton backend gets every opcheck test but that one; on CUDA it gets them all.
 INTERPRETED = ("test_schema", "test_autograd_registration", "test_faketensor")
@@ -22,7 +24,7 @@ def _opcheck(op, args, backend):
 
 def _current(shape, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=gen) * 1.2 + 0.4
+    return (torch.randn(shape, generator=gen) * 1.2 + 0.4).to(DEVICE)
 
 
 # --- torch.library: opcheck on every op, torch.compile(fullgraph=True) ------------------------------------------
@@ -36,21 +38,21 @@ def test_opcheck_lif_ops(backend, v_reset, surrogate):
     _opcheck(torch.ops.spikekd.lif_multistep.default, (x, *args, True, backend), backend)
     _opcheck(torch.ops.spikekd.lif_multistep.default, (x.detach(), *args, False, backend), backend)
     _, h_seq = torch.ops.spikekd.lif_multistep(x.detach(), *args, True, backend)
-    grad = torch.randn(3, 2, 5)
+    grad = torch.randn(3, 2, 5, device=DEVICE)
     _opcheck(torch.ops.spikekd.lif_multistep_backward.default, (grad, h_seq, *args, backend), backend)
     _opcheck(torch.ops.spikekd.lif_rate.default, (x.detach(), *args, backend), backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_rate_and_encode_ops(backend):
-    current = torch.randn(4, 6, requires_grad=True)
-    rate, elig = torch.rand(4, 6), torch.rand(4, 6)
+    current = torch.randn(4, 6, device=DEVICE, requires_grad=True)
+    rate, elig = torch.rand(4, 6, device=DEVICE), torch.rand(4, 6, device=DEVICE)
     _opcheck(torch.ops.spikekd.rate_ste.default, (current, rate, elig, backend), backend)
-    grad = torch.randn(4, 6)
+    grad = torch.randn(4, 6, device=DEVICE)
     _opcheck(torch.ops.spikekd.rate_ste_backward.default, (grad, elig, torch.float32, backend), backend)
-    s = torch.randn(5, 4, 3, requires_grad=True)
+    s = torch.randn(5, 4, 3, device=DEVICE, requires_grad=True)
     _opcheck(torch.ops.spikekd.rate_reduce.default, (s, backend), backend)
-    _opcheck(torch.ops.spikekd.poisson_encode.default, (torch.rand(3, 7), 4, 11, backend), backend)
+    _opcheck(torch.ops.spikekd.poisson_encode.default, (torch.rand(3, 7, device=DEVICE), 4, 11, backend), backend)
 
 
 def test_compile_fullgraph_matches_eager():
@@ -61,7 +63,7 @@ def test_compile_fullgraph_matches_eager():
         return spikes.sum() + rate_ste(current, rate, elig).sum() + rate_reduce(s_rate).sum()
 
     x = _current((4, 3, 8))
-    weight = torch.tensor(1.3, requires_grad=True)
+    weight = torch.tensor(1.3, device=DEVICE, requires_grad=True)
     eager = step(x, weight)
     (grad_eager,) = torch.autograd.grad(eager, weight)
     compiled = torch.compile(step, fullgraph=True)(x, weight)
@@ -128,7 +130,7 @@ def test_surrogate_is_derivative_of_its_primitive(surrogate, alpha):
 @pytest.mark.parametrize("surrogate", sorted(SURROGATES))
 def test_kernel_surrogate_matches_reference(surrogate):
     """One step, no reset: dS/dX is the surrogate itself, so the kernel's surrogate is read off the gradient."""
-    h = torch.linspace(-2, 4, 1001).view(1, -1)
+    h = torch.linspace(-2, 4, 1001, device=DEVICE).view(1, -1)
     x = h.clone().requires_grad_()
     lif_multistep(x, surrogate=surrogate, alpha=1.3, backend="triton").sum().backward()
     sid = SURROGATES[surrogate][0]
@@ -141,12 +143,12 @@ def test_kernel_surrogate_matches_reference(surrogate):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.float16, 1e-3)])
 def test_rate_ste_value_and_gradient(backend, dtype, atol):
-    current = torch.randn(3, 1023, dtype=dtype).requires_grad_()
-    rate, elig = torch.rand(3, 1023), torch.rand(3, 1023)
+    current = torch.randn(3, 1023, dtype=dtype, device=DEVICE).requires_grad_()
+    rate, elig = torch.rand(3, 1023, device=DEVICE), torch.rand(3, 1023, device=DEVICE)
     out = rate_ste(current, rate, elig, backend=backend)
     assert out.dtype == dtype and out.data_ptr() != rate.data_ptr()
     torch.testing.assert_close(out.float(), rate, rtol=0, atol=atol)
-    grad_out = torch.randn(3, 1023, dtype=dtype)
+    grad_out = torch.randn(3, 1023, dtype=dtype, device=DEVICE)
     out.backward(grad_out)
     torch.testing.assert_close(current.grad.float(), grad_out.float() * elig, rtol=1e-3, atol=atol)
 
@@ -154,11 +156,11 @@ def test_rate_ste_value_and_gradient(backend, dtype, atol):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(1, 5), (7, 3, 1023), (16, 2, 4, 4)], ids=str)
 def test_rate_reduce(backend, shape):
-    s = (torch.rand(shape) > 0.5).to(torch.float16).requires_grad_()
+    s = (torch.rand(shape, device=DEVICE) > 0.5).to(torch.float16).requires_grad_()
     rate = rate_reduce(s, backend=backend)
     assert rate.dtype == torch.float32 and rate.shape == shape[1:]
     torch.testing.assert_close(rate, s.float().mean(0), rtol=1e-6, atol=1e-7)
-    grad = torch.randn(shape[1:])
+    grad = torch.randn(shape[1:], device=DEVICE)
     rate.backward(grad)
     torch.testing.assert_close(s.grad.float(), (grad / shape[0]).expand(shape), rtol=1e-3, atol=1e-4)
     non_contiguous = s.detach().transpose(-1, -2)
@@ -169,7 +171,7 @@ def test_rate_reduce(backend, shape):
 
 
 def test_poisson_encode_kernel_reproduces_reference_bits():
-    x = torch.rand(3, 5, 7)
+    x = torch.rand(3, 5, 7, device=DEVICE)
     for seed in (0, 1234, 2**40 + 17):
         torch.testing.assert_close(
             poisson_encode(x, 6, seed, backend="triton"),
@@ -181,7 +183,7 @@ def test_poisson_encode_kernel_reproduces_reference_bits():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_poisson_encode_is_seeded_and_unbiased(backend):
-    x = torch.rand(64, 64)
+    x = torch.rand(64, 64, device=DEVICE)
     spikes = poisson_encode(x, 32, seed=7, backend=backend)
     assert spikes.shape == (32, 64, 64) and set(spikes.unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(spikes, poisson_encode(x, 32, seed=7, backend=backend), rtol=0, atol=0)
@@ -190,14 +192,14 @@ def test_poisson_encode_is_seeded_and_unbiased(backend):
     assert abs(spikes.mean() - x.mean()) < 5 * 0.5 / math.sqrt(spikes.numel())
     # Per pixel, 32 draws: the rate follows the probability (correlation, not equality).
     assert torch.corrcoef(torch.stack([spikes.mean(0).flatten(), x.flatten()]))[0, 1] > 0.8
-    edges = poisson_encode(torch.tensor([[-1.0, 0.0, 1.0, 2.0]]), 16, 0, backend=backend)
+    edges = poisson_encode(torch.tensor([[-1.0, 0.0, 1.0, 2.0]], device=DEVICE), 16, 0, backend=backend)
     assert edges[:, 0, :2].eq(0).all() and edges[:, 0, 2:].eq(1).all()
 
 
 def test_poisson_encode_independent_of_block_size(monkeypatch):
     import kernels.encode as encode
 
-    x = torch.rand(2, 300)
+    x = torch.rand(2, 300, device=DEVICE)
     expected = poisson_encode(x, 3, 5, backend="triton")
     monkeypatch.setattr(encode, "BLOCK", 128)
     torch.testing.assert_close(poisson_encode(x, 3, 5, backend="triton"), expected, rtol=0, atol=0)

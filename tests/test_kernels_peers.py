@@ -13,6 +13,7 @@ from kernels import lif_multistep
 sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
 sj_surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = list(itertools.product([None, 0.0, -0.3], [False, True], [True, False], ["sigmoid", "atan"]))
 
 
@@ -30,14 +31,14 @@ def test_matches_spikingjelly_lifnode(backend, v_reset, decay_input, detach_rese
         step_mode="m",
     )
     gen = torch.Generator().manual_seed(3)
-    x = (torch.randn(7, 4, 33, generator=gen) * 1.2 + 0.4).requires_grad_()
+    x = (torch.randn(7, 4, 33, generator=gen) * 1.2 + 0.4).to(DEVICE).requires_grad_()
     ours = x.detach().clone().requires_grad_()
     expected = peer(x)
     spikes = lif_multistep(
         ours, decay_input=decay_input, v_reset=v_reset, detach_reset=detach_reset, surrogate=surrogate, backend=backend
     )
     torch.testing.assert_close(spikes, expected, rtol=0, atol=0)
-    grad_out = torch.randn(7, 4, 33, generator=gen)
+    grad_out = torch.randn(7, 4, 33, generator=gen).to(DEVICE)
     expected.backward(grad_out)
     spikes.backward(grad_out)
     torch.testing.assert_close(ours.grad, x.grad, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,1 @@
+"""SpikeKD's distillation: data sets, losses, the trainer, checkpoints, evaluation and ``python -m distill.run``."""

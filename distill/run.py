@@ -1,0 +1,32 @@
+"""``python -m distill.run [options]``: train or load the teacher, distill the student, evaluate, report.
+
+With no options it distills tiny_resnet (T=4, rate-based training, the block-wise method) on the embedded digits, on
+the CPU, in about two minutes, and prints a table. ``--help`` lists every option; ``--config FILE.toml`` reads them
+from a file. Several processes or GPUs: ``torchrun --nproc_per_node=N -m distill.run ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from distill.checkpoint import CheckpointError
+from distill.config import parse_config
+from distill.datasets import DatasetError
+from distill.report import format_table, summary_rows
+from distill.trainer import NonFiniteLossError, train
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(argv)
+    try:
+        results = train(cfg)
+    except (DatasetError, CheckpointError, NonFiniteLossError) as error:
+        raise SystemExit(f"error: {error}") from error
+    if "config" in results:  # rank 0
+        print(format_table(summary_rows(results)))
+        print(f"run folder: {results['run_dir']} (report.md, metrics.jsonl, student.pt)")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,403 @@
+"""The trainer: a teacher stage (train the ANN, or load it), a student stage (distill the SNN), evaluation, report.
+
+Each stage reads straight through: schedule, micro-batches (forward, backward), all-reduce (DDP), NaN check, clip,
+step, log, checkpoint, evaluate. The sample order and every random draw (augmentation, NLD noise) are functions of
+(seed, stage, step), and a checkpoint holds the step, the model, optimizer, scheduler and RNG states: a run resumed
+from any checkpoint ends with the same weights, bit for bit, as one that never stopped (same device, same threads).
+
+Run folder (``Config.run_dir``): ``checkpoint.pt`` (latest, of the stage in progress), ``teacher.pt`` and
+``student.pt`` (final weights), ``metrics.jsonl`` (one JSON object a line), ``results.json``, ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from distill.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from distill.config import Config
+from distill.datasets import Dataset, load_dataset, random_crop_flip
+from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
+from distill.evaluate import accuracy, model_input, profile
+from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
+from models import HybridNet, create_model
+
+STAGES = ("teacher", "student")
+PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before applying that step."""
+
+
+@dataclass
+class Context:
+    """Where the run executes: device, ranks, data, run folder."""
+
+    cfg: Config
+    device: torch.device
+    rank: int
+    world_size: int
+    train: Dataset
+    test: Dataset
+    run_dir: Path
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def autocast(self) -> bool:
+        return self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
+
+    def log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+
+
+def setup(cfg: Config) -> Context:
+    """Process group (under torchrun), device, threads, data and run folder."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    root = cfg.data_dir or None
+    size = cfg.image_size or None
+    train = load_dataset(cfg.dataset, "train", root, cfg.download and rank == 0, size)
+    test = load_dataset(cfg.dataset, "test", root, False, size)
+    train, test = train.subset(cfg.train_subset, cfg.seed), test.subset(cfg.test_subset, cfg.seed)
+    if train.time_steps is not None and train.time_steps != cfg.time_steps:
+        raise ValueError(
+            f"time_steps={cfg.time_steps} but the {cfg.dataset} samples have {train.time_steps} frames; "
+            f"pass --time-steps {train.time_steps}"
+        )
+    run_dir = cfg.run_dir
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            for name in ("checkpoint.pt", "metrics.jsonl", "teacher.pt", "student.pt", "results.json", "report.md"):
+                (run_dir / name).unlink(missing_ok=True)
+    ctx = Context(cfg, device, rank, world_size, train, test, run_dir)
+    ctx.barrier()
+    return ctx
+
+
+def build_model(cfg: Config, kind: str, data: Dataset) -> nn.Module:
+    kwargs = {}
+    if kind == "snn":
+        kwargs = dict(tau=cfg.neuron_tau, v_threshold=cfg.v_threshold, surrogate=cfg.surrogate)
+    if cfg.dataset == "imagenet" and "resnet" in cfg.arch:
+        kwargs["stem"] = "imagenet"
+    return create_model(cfg.arch, kind, data.num_classes, data.in_channels, cfg.time_steps, **kwargs)
+
+
+def make_optimizer(cfg: Config, params: list[nn.Parameter], total_steps: int):
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    else:
+        factor = lambda step: 1.0
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def teacher_loss(cfg: Config, teacher: nn.Module) -> Callable:
+    def loss(net: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+        return cross_entropy(net(model_input(x, "ann")), y)
+
+    return loss
+
+
+def student_loss(cfg: Config, teacher: nn.Module) -> Callable:
+    """The student stage's loss ``(net, x, y, generator) -> scalar`` for ``cfg.method``; ``net`` is what
+    ``student_module`` returns (possibly DDP-wrapped)."""
+    mode = cfg.train_mode
+    if cfg.method == "direct":
+        return lambda net, x, y, g: cross_entropy(net(model_input(x, "snn"), mode=mode), y)
+    if cfg.method == "blockwise":
+        blockwise = BlockwiseLoss(cfg.alpha, cfg.tau)
+        return lambda net, x, y, g: blockwise(net(model_input(x, "snn"), mode=mode), y)
+    if cfg.method == "kd":
+        kd = KDLoss(cfg.alpha, cfg.tau)
+
+        def loss(net, x, y, g):
+            with torch.no_grad():
+                teacher_logits = teacher(model_input(x, "ann"))
+            return kd(net(model_input(x, "snn"), mode=mode), teacher_logits, y)
+
+        return loss
+    ckd = CKDLoss(cfg.alpha, cfg.beta, cfg.tau, cfg.map_tau, cfg.noise_scale)
+
+    def loss(net, x, y, g):
+        with torch.no_grad():
+            teacher_logits, teacher_features = teacher(model_input(x, "ann"), return_features=True)
+        logits, features = net(model_input(x, "snn"), mode=mode, return_features=True)
+        fc = teacher.head.fc.weight
+        return ckd(logits, features[-1], teacher_logits, teacher_features[-1], fc, y, cfg.time_steps, g)
+
+    return loss
+
+
+def student_module(cfg: Config, student: nn.Module, teacher: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The module the student stage trains (the SNN, or the ``HybridNet`` of blockwise) and its trainable params."""
+    if cfg.method == "blockwise":
+        torch.manual_seed(mix_seed(cfg.seed, 2))  # the alignment modules' initial weights
+        hybrid = HybridNet(student, teacher, splits=cfg.split_list, align=cfg.align)
+        return hybrid, list(hybrid.student_parameters())
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return student, list(student.parameters())
+
+
+# ----------------------------------------------------------------------------------------------- one stage
+
+
+def fit(ctx: Context, stage: str, module: nn.Module, params: list[nn.Parameter], loss_fn: Callable, epochs: int,
+        evaluate: Callable[[], float], resume: dict | None) -> dict:  # fmt: skip
+    """Trains ``module`` for ``epochs`` (at most ``max_steps`` steps), checkpointing into the run folder.
+
+    ``resume``: a checkpoint of this stage to continue from. Returns the stage's summary.
+    """
+    cfg, stage_id = ctx.cfg, STAGES.index(stage)
+    per_epoch = steps_per_epoch(len(ctx.train), cfg.batch_size)
+    total = epochs * per_epoch if not cfg.max_steps else min(epochs * per_epoch, cfg.max_steps)
+    optimizer, scheduler = make_optimizer(cfg, params, total)
+    step, elapsed, history = 0, 0.0, []
+    if resume is not None:
+        module.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"])
+        step, elapsed, history = resume["step"], resume["elapsed"], resume["history"]
+    net = module
+    if ctx.world_size > 1:
+        net = DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    def checkpoint(done: bool = False) -> None:
+        if ctx.is_main:
+            state = dict(
+                stage=stage,
+                done=done,
+                step=step,
+                elapsed=elapsed,
+                history=history,
+                model=module.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                rng=rng_state(),
+                config=cfg.to_dict(),
+            )
+            save_checkpoint(ctx.run_dir / "checkpoint.pt", state)
+        ctx.barrier()
+
+    show = {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg.progress] and ctx.is_main
+    bar = tqdm(total=total, initial=step, desc=stage, disable=not show, dynamic_ncols=True, leave=False)
+    order_epoch, order = -1, None
+    module.train()
+    started = time.perf_counter() - elapsed
+    while step < total:
+        epoch, in_epoch = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(ctx.train), epoch, mix_seed(cfg.seed, stage_id))
+        parts = micro_batches(order, in_epoch, cfg.batch_size, ctx.rank, ctx.world_size, cfg.grad_accum)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        for i, index in enumerate(parts):
+            micro = ctx.rank * cfg.grad_accum + i
+            generator = torch.Generator().manual_seed(mix_seed(cfg.seed, stage_id, step, micro))
+            x, y = ctx.train.batch(index, ctx.device)
+            if cfg.augment:
+                x = random_crop_flip(x, ctx.train.crop_padding, ctx.train.flip, generator)
+            last = i == len(parts) - 1
+            sync = nullcontext() if last or net is module else net.no_sync()
+            with sync, torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.autocast):
+                loss = loss_fn(net, x, y, generator)
+            (loss / len(parts)).backward()
+            loss_sum += loss.detach().double()
+        if ctx.world_size > 1:
+            dist.all_reduce(loss_sum)
+        loss_value = float(loss_sum) / (len(parts) * ctx.world_size)
+        if not math.isfinite(loss_value):
+            bar.close()
+            where = ctx.run_dir / "checkpoint.pt"
+            raise NonFiniteLossError(
+                f"{stage} stage: the loss is {loss_value} at step {step + 1} (epoch {epoch + 1}); stopped before "
+                f"applying it. The last good checkpoint is {where}"
+                + ("" if where.exists() else " (none written yet)")
+                + "; try a lower --lr, --grad-clip or --amp off."
+            )
+        if cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        else:
+            grad_norm = float("nan")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        elapsed = time.perf_counter() - started
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+        if step % cfg.log_every == 0 or step == total:
+            record = dict(stage=stage, step=step, epoch=epoch + 1, loss=loss_value, lr=lr, grad_norm=grad_norm)
+            ctx.log({**record, "time": round(elapsed, 3)})
+        end_of_epoch = step % per_epoch == 0 or step == total
+        if end_of_epoch:
+            acc = evaluate()
+            history.append(dict(epoch=epoch + 1, step=step, test_acc=acc))
+            ctx.log(dict(stage=stage, step=step, epoch=epoch + 1, test_acc=acc, time=round(elapsed, 3)))
+        if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            checkpoint(done=step == total)
+    bar.close()
+    if resume is None and total == 0:
+        checkpoint(done=True)
+    return dict(steps=step, time_s=elapsed, history=history)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def _truncate_metrics(ctx: Context, stage: str, step: int) -> None:
+    """On resume, drop the metric lines written after the checkpoint (they will be written again)."""
+    path = ctx.run_dir / "metrics.jsonl"
+    if not ctx.is_main or not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        later = STAGES.index(record.get("stage", stage)) > STAGES.index(stage)
+        if not later and not (record.get("stage") == stage and record.get("step", 0) > step):
+            keep.append(line)
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def load_teacher(path: str | Path, teacher: nn.Module) -> None:
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("stage") != "teacher":
+        raise CheckpointError(f"--teacher {path}: holds a {checkpoint.get('stage')!r} stage, not a teacher")
+    try:
+        teacher.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        arch = checkpoint.get("config", {}).get("arch")
+        raise CheckpointError(f"--teacher {path}: its weights ({arch}) do not fit this --arch: {error}") from error
+
+
+def train(cfg: Config) -> dict:
+    """Runs the whole job described by ``cfg``; returns the summary also written to ``results.json``."""
+    ctx = setup(cfg)
+    run_dir, device = ctx.run_dir, ctx.device
+    resume = None
+    if cfg.resume:
+        resume = load_checkpoint(run_dir / "checkpoint.pt")
+        _truncate_metrics(ctx, resume["stage"], resume["step"])
+    if ctx.is_main:
+        (run_dir / "config.toml").write_text(cfg.to_toml())
+    eval_index = eval_shard(len(ctx.test), ctx.rank, ctx.world_size)
+
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg, "ann", ctx.train).to(device)
+    teacher_eval = lambda: accuracy(teacher, ctx.test, device, cfg.eval_batch_size, eval_index, ctx.autocast)
+    teacher_summary: dict = {}
+    if cfg.teacher:
+        load_teacher(cfg.teacher, teacher)
+    elif resume is not None and resume["stage"] == "student":
+        load_teacher(run_dir / "teacher.pt", teacher)
+        teacher_summary = load_checkpoint(run_dir / "teacher.pt").get("summary", {})
+    else:
+        teacher_summary = fit(
+            ctx, "teacher", teacher, list(teacher.parameters()), teacher_loss(cfg, teacher), cfg.teacher_epochs,
+            teacher_eval, resume if resume is not None and resume["stage"] == "teacher" else None,
+        )  # fmt: skip
+        if ctx.is_main:
+            final = dict(stage="teacher", model=teacher.state_dict(), config=cfg.to_dict(), summary=teacher_summary)
+            save_checkpoint(run_dir / "teacher.pt", final)
+        ctx.barrier()
+        resume = None
+    teacher_acc = teacher_eval()
+
+    student = build_model(cfg, "snn", ctx.train).to(device)
+    if cfg.init_from_teacher:
+        student.load_state_dict(teacher.state_dict())
+    module, params = student_module(cfg, student, teacher)
+    module.to(device)
+    student_eval = lambda: accuracy(student, ctx.test, device, cfg.eval_batch_size, eval_index, ctx.autocast)
+    student_resume = resume if resume is not None and resume["stage"] == "student" else None
+    student_summary = fit(
+        ctx, "student", module, params, student_loss(cfg, teacher), cfg.epochs, student_eval, student_resume
+    )
+    if ctx.is_main:
+        final = dict(stage="student", model=student.state_dict(), config=cfg.to_dict(), summary=student_summary)
+        save_checkpoint(run_dir / "student.pt", final)
+    student_acc = student_eval()
+
+    results = dict(teacher_acc=teacher_acc, student_acc=student_acc, run_dir=str(run_dir))
+    if ctx.is_main:
+        index = torch.arange(min(len(ctx.test), PROFILE_SAMPLES))
+        ann, snn = profile(teacher, ctx.test, device, index), profile(student, ctx.test, device, index)
+        results.update(
+            firing_rate=snn.mean_firing_rate,
+            firing_rates=snn.firing_rates,
+            ann_macs=ann.macs,
+            snn_macs=snn.macs,
+            snn_sops=snn.sops,
+            ann_energy_uj=ann.energy_uj,
+            snn_energy_uj=snn.energy_uj,
+            teacher_time_s=teacher_summary.get("time_s", 0.0),
+            student_time_s=student_summary["time_s"],
+            teacher_history=teacher_summary.get("history", []),
+            student_history=student_summary["history"],
+            peak_memory_mb=_peak_memory_mb(device),
+            device=str(device),
+            world_size=ctx.world_size,
+            config=cfg.to_dict(),
+        )
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        from distill.report import write_report
+
+        write_report(run_dir / "report.md", results)
+    ctx.barrier()
+    return results

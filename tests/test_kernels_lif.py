@@ -4,6 +4,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernels import lif_multistep, lif_rate, reference
 from kernels.options import LIFOptions
@@ -168,3 +170,34 @@ def test_hard_reset_potential_starts_at_reset():
     spikes = lif_multistep(x, v_reset=0.9, backend="triton")
     assert spikes[0].eq(1).all()
     assert lif_multistep(x, backend="triton")[0].eq(0).all()
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    n_steps=st.integers(1, 9),
+    trailing=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    tau=st.floats(1.0, 8.0),
+    v_threshold=st.floats(0.1, 2.0),
+    v_reset=st.one_of(st.none(), st.floats(-1.0, 0.5)),
+    decay_input=st.booleans(),
+    detach_reset=st.booleans(),
+    surrogate=st.sampled_from(["sigmoid", "atan", "triangle"]),
+    alpha=st.one_of(st.none(), st.floats(0.3, 6.0)),
+    seed=st.integers(0, 2**16),
+)
+def test_kernels_match_reference_on_random_settings(
+    n_steps, trailing, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, seed
+):
+    kw = dict(tau=tau, v_threshold=v_threshold, v_reset=v_reset, decay_input=decay_input)
+    kw.update(detach_reset=detach_reset, surrogate=surrogate, alpha=alpha)
+    x = _current((n_steps, *trailing), seed=seed).requires_grad_()
+    spikes = lif_multistep(x, backend="triton", **kw)
+    x_ref = x.detach().clone().requires_grad_()
+    expected = lif_multistep(x_ref, backend="reference", **kw)
+    torch.testing.assert_close(spikes, expected, rtol=0, atol=0)
+    grad_out = torch.randn_like(spikes)
+    (grad,) = torch.autograd.grad(spikes, x, grad_out)
+    (grad_ref,) = torch.autograd.grad(expected, x_ref, grad_out)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(lif_rate(x, backend="triton", **kw), lif_rate(x, backend="reference", **kw), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

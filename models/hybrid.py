@@ -88,9 +88,10 @@ class HybridNet(nn.Module):
         mode = self.student.resolve_mode(mode)
         logits, features = self.student(x, mode=mode, return_features=True)
         out = {"student": logits}
+        tail_mode = "eval" if mode == "eval" else "bptt"  # the frozen teacher passes gradients to the student
         with torch.no_grad() if mode == "eval" else nullcontext():
             for k in self.splits:
-                out[f"hybrid{k}"] = self.teacher.forward_tail(self.align[str(k)](features[k - 1]), k)
+                out[f"hybrid{k}"] = self.teacher.forward_tail(self.align[str(k)](features[k - 1]), k, mode=tail_mode)
         with torch.no_grad():
             out["teacher"] = self.teacher(x if x.dim() == 4 else x.mean(0))
         return out

@@ -7,7 +7,7 @@
 The head (global average pool + linear) is linear, so head(mean_t s_t) = mean_t head(s_t): the logits are the mean
 over time of the per-step logits, computed once. SNN modes: "bptt" (graph through time), "rate" (the two-stream
 pass of DESIGN.md: the logits and features are the rate stream's), "eval" (no graph, nothing saved). The default is
-"bptt" when the net is training, "eval" otherwise.
+"bptt" when the net is training, "eval" otherwise. An ANN builds a graph unless mode="eval".
 """
 
 from __future__ import annotations
@@ -100,10 +100,11 @@ class Network(nn.Module):
         return logits
 
     def resolve_mode(self, mode: str | None) -> str:
-        """The mode a call runs in: `mode` if given, else \"bptt\" when training and \"eval\" otherwise."""
+        """The mode a call runs in: `mode` if given; else for an SNN "bptt" when training and "eval" otherwise, and for
+        an ANN "bptt" (a graph, as plain PyTorch: an ANN's modes differ only in that "eval" builds none)."""
         check_mode(mode)
         if mode is None:
-            return "bptt" if self.training else "eval"
+            return "bptt" if self.training or self.kind == "ann" else "eval"
         return mode
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -63,14 +63,19 @@ class BatchNorm2d(nn.BatchNorm2d):
             return apply_linear(super().forward, x)
         with torch.no_grad():
             spikes = fold_time(super().forward, x.spikes)
-            var_s, mu_s = torch.var_mean(x.spikes, dim=(0, 1, 3, 4), unbiased=False)
-        var_r, mu_r = torch.var_mean(x.rate, dim=(0, 2, 3), unbiased=False)
+            var_s, mu_s = torch.var_mean(_upcast(x.spikes), dim=(0, 1, 3, 4), unbiased=False)
+        var_r, mu_r = torch.var_mean(_upcast(x.rate), dim=(0, 2, 3), unbiased=False)
         mu = mu_s + (mu_r - mu_r.detach())
         var = var_s + (var_r - var_r.detach())
-        rate = (x.rate - mu[:, None, None]) * torch.rsqrt(var[:, None, None] + self.eps)
+        rate = (_upcast(x.rate) - mu[:, None, None]) * torch.rsqrt(var[:, None, None] + self.eps)
         if self.affine:
             rate = rate * self.weight[:, None, None] + self.bias[:, None, None]
-        return Streams(spikes, rate)
+        return Streams(spikes, rate.to(x.rate.dtype))
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Statistics in fp32 (fp64 stays fp64) whatever the storage dtype, as torch's BatchNorm computes them."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,6 @@ class Streams(NamedTuple):
             raise TypeError(f"a Streams can only be added to a Streams, got {type(other).__name__}")
         return Streams(self.spikes + other.spikes, self.rate + other.rate)
 
-    @property
-    def T(self) -> int:
-        return self.spikes.shape[0]
-
 
 def fold_time(fn, x: torch.Tensor) -> torch.Tensor:
     """Applies a stateless per-sample `fn` to x [T, B, ...] as one batch of T*B samples and unfolds the result."""

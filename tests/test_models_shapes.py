@@ -162,3 +162,26 @@ def test_firing_rates(seed):
     assert list(rates) == [n for n, m in net.named_modules() if isinstance(m, models.LIF)]
     assert all(0.0 <= r <= 1.0 for r in rates.values()) and any(r > 0 for r in rates.values())
     assert not net.stem.act1._forward_hooks  # the hooks are gone after the block
+
+
+def test_forward_tail_composes_with_the_features(seed):
+    ann = create_model("tiny_resnet", kind="ann").eval()
+    x = torch.rand(2, 3, 8, 8)
+    logits, features = ann(x, return_features=True)
+    torch.testing.assert_close(ann.forward_tail(ann.stem(x), 0), logits)
+    for k in range(1, ann.num_stages + 1):
+        torch.testing.assert_close(ann.forward_tail(features[k - 1], k), logits)
+    snn = create_model("tiny_resnet", kind="snn", T=3).train()
+    _, features = snn(x, mode="rate", return_features=True)
+    for mode in ("bptt", "rate", "eval"):
+        out = snn.forward_tail(features[0].detach(), 1, mode=mode)
+        assert out.shape == (2, 10) and out.requires_grad == (mode != "eval")
+
+
+@pytest.mark.parametrize("mode", ["bptt", "rate"])
+def test_bfloat16(mode, seed):
+    net = create_model("tiny_resnet", kind="snn", T=2).to(torch.bfloat16).train()
+    logits, features = net(torch.rand(2, 3, 8, 8, dtype=torch.bfloat16), mode=mode, return_features=True)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    logits.float().sum().backward()
+    check_grads(net)

@@ -28,7 +28,7 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     # `bench/gpu.sh --dry-run`: the whole pipeline in seconds on a CPU.
-    "tiny": Scale(1 << 10, (1, 4), 1 << 20, 0, "tiny_resnet", 2, 8, (1, 2), 1),
+    "tiny": Scale(1 << 10, (1, 4), 1 << 20, 0, "tiny_resnet", 2, 8, (2,), 1),
     # A CPU run: cache-sized kernels, a 25k-parameter ResNet.
     "small": Scale(1 << 16, (1, 2, 4, 8, 16, 32), 1 << 24, 16, "tiny_resnet", 16, 32, (1, 2, 4, 8, 16), 3),
     # An H100/H200: bandwidth-bound kernels (2^24 neurons = 64 MiB a timestep), CIFAR ResNet-18.

@@ -32,7 +32,6 @@ def _outputs(provider: str, mode: str, x: torch.Tensor):
         ("sj-torch", "fwd"),
         ("sj-torch", "fwd+bwd"),
         pytest.param("compile", "fwd+bwd", marks=pytest.mark.slow),
-        pytest.param("compile", "rate", marks=pytest.mark.slow),
     ],
 )
 def test_providers_agree_with_reference(provider, mode, seed):

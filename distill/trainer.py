@@ -94,8 +94,12 @@ def setup(cfg: Config) -> Context:
         torch.set_num_threads(cfg.threads)
     root = cfg.data_dir or None
     size = cfg.image_size or None
-    train = load_dataset(cfg.dataset, "train", root, cfg.download and rank == 0, size)
-    test = load_dataset(cfg.dataset, "test", root, False, size)
+    if cfg.download and world_size > 1 and rank != 0:
+        dist.barrier()  # rank 0 downloads first
+    train = load_dataset(cfg.dataset, "train", root, cfg.download, size)
+    test = load_dataset(cfg.dataset, "test", root, cfg.download, size)
+    if cfg.download and world_size > 1 and rank == 0:
+        dist.barrier()
     train, test = train.subset(cfg.train_subset, cfg.seed), test.subset(cfg.test_subset, cfg.seed)
     if train.time_steps is not None and train.time_steps != cfg.time_steps:
         raise ValueError(

@@ -27,4 +27,4 @@ def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Gener
     device = x.device
     index_b = torch.arange(batch, device=device)[:, None, None]
     out = padded[index_b, :, rows.to(device)[:, :, None], cols.to(device)[:, None, :]]  # [B, H, W, M]
-    return out.permute(0, 3, 1, 2).reshape(x.shape)
+    return out.permute(0, 3, 1, 2).contiguous().reshape(x.shape)  # channels-first again, as the layers expect

@@ -57,6 +57,8 @@ class HybridNet(nn.Module):
                 f"{teacher.in_channels} channels"
             )
         n = student.num_stages
+        if splits is not None and not isinstance(splits, (list, tuple, range)):
+            raise TypeError(f"splits must be None or a sequence of ints in [1, {n - 1}], got {splits!r}")
         splits = tuple(range(1, n)) if splits is None else tuple(splits)
         bad = [k for k in splits if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n - 1]
         if bad or len(set(splits)) != len(splits):

@@ -99,6 +99,11 @@ def test_splits_out_of_range(splits):
         make_hybrid(splits=splits)
 
 
+def test_splits_not_a_sequence():
+    with pytest.raises(TypeError, match=r"splits must be None or a sequence of ints in \[1, 2\], got 1"):
+        make_hybrid(splits=1)
+
+
 def test_mismatched_student_and_teacher():
     student = create_model("tiny_resnet", kind="snn")
     with pytest.raises(ValueError, match="student kind='snn' and teacher kind='ann'"):

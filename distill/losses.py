@@ -156,7 +156,7 @@ def nld_loss(
     (arXiv 2511.06902). ``noise`` ``[B, K]`` fixes ``eps`` (tests); otherwise it is drawn from ``generator``.
     """
     if noise is None:
-        noise = torch.randn(student_logits.shape, generator=generator, device=student_logits.device)
+        noise = torch.randn(student_logits.shape, generator=generator)  # a CPU generator, whatever the device
     scale = student_logits.detach().float().std(dim=-1, keepdim=True)
     smoothed = student_logits.float() + noise_scale * scale * noise.to(student_logits.device, torch.float32)
     return _soft_kl(smoothed, teacher_logits, tau)

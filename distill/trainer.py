@@ -38,6 +38,7 @@ from models import HybridNet, create_model
 
 STAGES = ("teacher", "student")
 PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
+RUN_CONTROL = ("resume", "out", "threads", "progress", "device", "log_every")  # may change when resuming
 
 
 class NonFiniteLossError(RuntimeError):
@@ -141,11 +142,9 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter], total_steps: int):
 # ----------------------------------------------------------------------------------------------- losses
 
 
-def teacher_loss(cfg: Config, teacher: nn.Module) -> Callable:
-    def loss(net: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-        return cross_entropy(net(model_input(x, "ann")), y)
-
-    return loss
+def teacher_loss(net: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+    """The teacher stage's loss: cross-entropy of the ANN."""
+    return cross_entropy(net(model_input(x, "ann")), y)
 
 
 def student_loss(cfg: Config, teacher: nn.Module) -> Callable:
@@ -192,8 +191,16 @@ def student_module(cfg: Config, student: nn.Module, teacher: nn.Module) -> tuple
 # ----------------------------------------------------------------------------------------------- one stage
 
 
-def fit(ctx: Context, stage: str, module: nn.Module, params: list[nn.Parameter], loss_fn: Callable, epochs: int,
-        evaluate: Callable[[], float], resume: dict | None) -> dict:  # fmt: skip
+def fit(
+    ctx: Context,
+    stage: str,
+    module: nn.Module,
+    params: list[nn.Parameter],
+    loss_fn: Callable,
+    epochs: int,
+    evaluate: Callable[[], float],
+    resume: dict | None,
+) -> dict:
     """Trains ``module`` for ``epochs`` (at most ``max_steps`` steps), checkpointing into the run folder.
 
     ``resume``: a checkpoint of this stage to continue from. Returns the stage's summary.
@@ -330,13 +337,28 @@ def load_teacher(path: str | Path, teacher: nn.Module) -> None:
         raise CheckpointError(f"--teacher {path}: its weights ({arch}) do not fit this --arch: {error}") from error
 
 
+def resumed_config(cfg: Config) -> tuple[Config, dict]:
+    """The checkpoint to resume from, and the run's saved options (which win over the given ones, except the
+    options in ``RUN_CONTROL``, so that ``--resume --out DIR`` is enough to continue a run exactly)."""
+    path = cfg.run_dir / "checkpoint.pt"
+    if not path.exists():
+        raise CheckpointError(f"--resume: no checkpoint {path}; run without --resume to start this run")
+    checkpoint = load_checkpoint(path)
+    saved = {k: v for k, v in checkpoint["config"].items() if k not in RUN_CONTROL}
+    ignored = sorted(k for k, v in saved.items() if getattr(cfg, k) != v)
+    if ignored and int(os.environ.get("RANK", "0")) == 0:
+        print(f"--resume: continuing with the options saved in {path}; ignoring the given {ignored}", file=sys.stderr)
+    return Config.from_dict({**cfg.to_dict(), **saved}), checkpoint
+
+
 def train(cfg: Config) -> dict:
     """Runs the whole job described by ``cfg``; returns the summary also written to ``results.json``."""
-    ctx = setup(cfg)
-    run_dir, device = ctx.run_dir, ctx.device
     resume = None
     if cfg.resume:
-        resume = load_checkpoint(run_dir / "checkpoint.pt")
+        cfg, resume = resumed_config(cfg)
+    ctx = setup(cfg)
+    run_dir, device = ctx.run_dir, ctx.device
+    if resume is not None:
         _truncate_metrics(ctx, resume["stage"], resume["step"])
     if ctx.is_main:
         (run_dir / "config.toml").write_text(cfg.to_toml())
@@ -352,10 +374,11 @@ def train(cfg: Config) -> dict:
         load_teacher(run_dir / "teacher.pt", teacher)
         teacher_summary = load_checkpoint(run_dir / "teacher.pt").get("summary", {})
     else:
+        teacher_resume = resume if resume is not None and resume["stage"] == "teacher" else None
+        params = list(teacher.parameters())
         teacher_summary = fit(
-            ctx, "teacher", teacher, list(teacher.parameters()), teacher_loss(cfg, teacher), cfg.teacher_epochs,
-            teacher_eval, resume if resume is not None and resume["stage"] == "teacher" else None,
-        )  # fmt: skip
+            ctx, "teacher", teacher, params, teacher_loss, cfg.teacher_epochs, teacher_eval, teacher_resume
+        )
         if ctx.is_main:
             final = dict(stage="teacher", model=teacher.state_dict(), config=cfg.to_dict(), summary=teacher_summary)
             save_checkpoint(run_dir / "teacher.pt", final)

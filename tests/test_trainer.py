@@ -90,6 +90,11 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
 
 
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match="run without --resume"):
+        train(parse_config([*QUICK, "--out", str(tmp_path), "--resume"]))
+
+
 def test_resume_from_truncated_checkpoint_says_so(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04")
     proc = run_cli([*QUICK, "--out", str(tmp_path), "--resume"], stderr=subprocess.PIPE, text=True)
@@ -141,7 +146,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     assert killed_at is not None, "the run ended before it could be killed"
     assert load_checkpoint(broken / "checkpoint.pt")["stage"] == "student"
     assert not (broken / "student.pt").exists()
-    resumed = run_cli([*args, "--out", str(broken), "--resume"], stdout=subprocess.DEVNULL)
+    # the saved options win: "--resume --out DIR" is enough
+    control = ["--progress", "off", "--threads", "1", "--log-every", "1"]
+    resumed = run_cli(["--out", str(broken), "--resume", *control], stdout=subprocess.DEVNULL)
     assert resumed.wait(timeout=300) == 0 and reference.wait(timeout=300) == 0
     a, b = load_checkpoint(whole / "student.pt")["model"], load_checkpoint(broken / "student.pt")["model"]
     assert a.keys() == b.keys()

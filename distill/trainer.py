@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from distill.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from distill.config import Config
-from distill.datasets import Dataset, load_dataset, random_crop_flip
+from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_flip
 from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
 from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
@@ -103,7 +103,7 @@ def setup(cfg: Config) -> Context:
         dist.barrier()
     train, test = train.subset(cfg.train_subset, cfg.seed), test.subset(cfg.test_subset, cfg.seed)
     if train.time_steps is not None and train.time_steps != cfg.time_steps:
-        raise ValueError(
+        raise DatasetError(
             f"time_steps={cfg.time_steps} but the {cfg.dataset} samples have {train.time_steps} frames; "
             f"pass --time-steps {train.time_steps}"
         )

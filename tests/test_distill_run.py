@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distill.run import main
@@ -56,3 +57,19 @@ def test_teacher_from_a_checkpoint(tmp_path):
                    str(tmp_path / "b")])  # fmt: skip
     assert second["teacher_acc"] == pytest.approx(first["teacher_acc"])
     assert second["teacher_time_s"] == 0.0
+
+
+def test_event_frames_end_to_end(tmp_path):
+    """CIFAR10-DVS layout (frames [T, 2, H, W] per sample): the SNN sees the frames, the ANN their mean."""
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(20):
+            frames = rng.poisson(2.0 if cls == "a" else 0.5, (4, 2, 16, 16)).astype(np.uint8)
+            np.savez_compressed(tmp_path / "data" / cls / f"{i}.npz", frames=frames)
+    args = ["--dataset", "cifar10_dvs", "--data-dir", str(tmp_path / "data"), "--image-size", "16", "--arch",
+            "tiny_vgg", "--batch-size", "12", "--max-steps", "2", "--progress", "off"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--time-steps 4"):
+        main([*args, "--time-steps", "3", "--out", str(tmp_path / "bad")])
+    results = main([*args, "--time-steps", "4", "--method", "ckd", "--out", str(tmp_path / "run")])
+    assert results["firing_rates"] and 0 <= results["student_acc"] <= 1

@@ -10,7 +10,8 @@ from torch import Tensor
 
 
 class DatasetError(RuntimeError):
-    """A data set is missing or unreadable. The message says where SpikeKD looked and how to get it."""
+    """A data set is missing, unreadable, or does not fit the options. The message says where SpikeKD looked and
+    how to get it (or which option to change)."""
 
 
 def missing(name: str, looked: list[Path] | Path, how: str) -> DatasetError:

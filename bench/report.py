@@ -260,8 +260,8 @@ def plots(run: Run, out: Path) -> list[str]:
                 points = sorted((t, value(c)) for (m, t), c in run.train.items() if m == mode)
                 if points:
                     ax.plot(*zip(*points, strict=True), marker="o", label=mode)
-            ax.set(xscale="log", xlabel="T (timesteps)", ylabel=label, title=_title(run, "training step"))
-            ax.set_xticks(sorted({t for _, t in run.train}), labels=[str(t) for t in sorted({t for _, t in run.train})])
+            ax.set(ylabel=label, title=_title(run, "training step"))
+            _time_axis(ax, {t for _, t in run.train})
             ax.legend()
             fig.tight_layout()
             fig.savefig(out / name, dpi=120)
@@ -278,7 +278,8 @@ def plots(run: Run, out: Path) -> list[str]:
                     ax.plot(*zip(*points, strict=True), marker="o", label=provider)
             if roof:
                 ax.axhline(roof, color="black", linestyle="--", label=f"copy {roof:.0f} GB/s")
-            ax.set(xscale="log", xlabel="T (timesteps)", ylabel="GB/s (least traffic / time)", title=mode)
+            ax.set(yscale="log", ylabel="GB/s (least traffic / time)", title=mode)
+            _time_axis(ax, {t for m, _, t in run.kernels if m == mode})
             ax.legend(fontsize="small")
         fig.suptitle(_title(run, "neuron ops"))
         fig.tight_layout()
@@ -286,6 +287,16 @@ def plots(run: Run, out: Path) -> list[str]:
         plt.close(fig)
         written.append("kernels_gbps.png")
     return written
+
+
+def _time_axis(ax, steps: set[int]) -> None:
+    """x: T on a log2 scale, ticked at the measured values only."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(steps), labels=[str(t) for t in sorted(steps)])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("T (timesteps)")
 
 
 def _memory_label(run: Run) -> str:

@@ -9,8 +9,8 @@ split, the student in rate mode, the loss the sum of the cross-entropies of the 
 (the frozen teacher's own logits carry no gradient and are left out).
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` over one step, in process. On CPU the allocator gives
-nothing comparable, so each case runs in its own process (`python -m bench.training CASE_JSON`) that reports its
-peak resident size (ru_maxrss) and its resident size before the first step.
+nothing comparable, so each case runs in its own process (`python -m bench.training CASE_JSON STEPS THREADS`) that
+reports its peak resident size over the steps (VmHWM) and its resident size before the first step.
 """
 
 from __future__ import annotations
@@ -95,17 +95,37 @@ def cuda_peak_memory(step: Callable[[], torch.Tensor], device: torch.device) -> 
     return {"peak_bytes": torch.cuda.max_memory_allocated(device), "baseline_bytes": before}
 
 
-def _resident_bytes() -> int:
+def _status_bytes(field: str) -> int | None:
+    """A size from /proc/self/status (Linux), in bytes; None where there is none."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return _peak_resident_bytes()
+        with open("/proc/self/status") as f:
+            line = next((line for line in f if line.startswith(field + ":")), None)
+    except OSError:
+        return None
+    return None if line is None else int(line.split()[1]) * 1024  # "VmHWM:  123456 kB"
+
+
+def _resident_bytes() -> int:
+    return _status_bytes("VmRSS") or _peak_resident_bytes()
 
 
 def _peak_resident_bytes() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a
+    large process (pytest) would report its parent's size."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def _reset_peak_resident() -> None:
+    """Restart VmHWM from the current RSS (Linux: writing 5 to clear_refs), so the peak is the steps' alone."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def cpu_peak_memory(case: TrainCase, steps: int = 2, timeout: float = 600.0) -> dict[str, float]:
@@ -126,6 +146,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(int(argv[2]))
     step = build_step(case, torch.device("cpu"))
     baseline = _resident_bytes()
+    _reset_peak_resident()
     start = time.perf_counter()
     for _ in range(int(argv[1])):
         step()

@@ -111,6 +111,7 @@ def test_report_without_matplotlib(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, bench/gpu.sh runs for real (and runs these tests)")
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_script_dry_run(tmp_path):
     """bench/gpu.sh --dry-run: every stage runs at tiny sizes and leaves JSON, logs and the report in one folder."""

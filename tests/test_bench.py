@@ -31,7 +31,14 @@ def _outputs(provider: str, mode: str, x: torch.Tensor):
     [
         ("sj-torch", "fwd"),
         ("sj-torch", "fwd+bwd"),
-        pytest.param("compile", "fwd+bwd", marks=pytest.mark.slow),
+        pytest.param(
+            "compile",
+            "fwd+bwd",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler"),
+            ],
+        ),
     ],
 )
 def test_providers_agree_with_reference(provider, mode, seed):

@@ -132,3 +132,13 @@ def test_gpu_script_dry_run(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "## Training: time and memory vs T" in markdown
     assert "`lif_rate` rate" in markdown
+
+
+def test_report_quantifies_a_miss(tmp_path):
+    path = _fake_run(tmp_path / "run.json")
+    data = json.loads(path.read_text())
+    data["benchmarks"][0]["stats"]["median"] /= 2  # copy at 2000 GB/s: the kernels reach 40% of it
+    path.write_text(json.dumps(data))
+    text = "\n".join(report.targets(report.load([path])))
+    assert "40% of the 2000 GB/s copy bandwidth (target >= 80%): **missed**, short by 2.00x" in text
+    assert "flat in T" in text

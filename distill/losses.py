@@ -122,20 +122,31 @@ def spike_activation_map(spike_rate: Tensor, time_steps: int = 1) -> Tensor:
     return spike_rate.float().sum(dim=1) * time_steps
 
 
-def samd_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0) -> Tensor:
+def samd_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0, standardize: bool = True) -> Tensor:
     """Saliency-scaled activation map distillation (SAMD):
 
         L = tau^2 * mean_b KL( softmax_p(CAM_b / tau) || softmax_p(SAM_b / tau) )
 
     where the softmax runs over the ``H * W`` positions p, ``CAM`` is the teacher ANN's class activation map
     and ``SAM`` the student SNN's spike activation map (see ``class_activation_map``, ``spike_activation_map``).
-    When their sizes differ the student's map is average-pooled (or upsampled) to the teacher's.
+    With ``standardize`` (the default) each map is first scaled to zero mean and unit standard deviation over its
+    positions, ``(M - mean_p M) / (std_p M + 1e-6)``, so that the loss compares where the saliency lies, not the
+    scale of spike counts against that of ANN activations (which would make both softmaxes one-hot).
+    When their sizes differ the student's map is average-pooled to the teacher's.
     Liu et al., "A Closer Look at Knowledge Distillation in Spiking Neural Network Training", AAAI 2026
     (arXiv 2511.06902). Both maps ``[B, H, W]``; returns a scalar.
     """
     if student_map.shape[-2:] != teacher_map.shape[-2:]:
         student_map = F.adaptive_avg_pool2d(student_map.unsqueeze(1), teacher_map.shape[-2:]).squeeze(1)
-    return _soft_kl(student_map.flatten(1), teacher_map.flatten(1), tau)
+    student_map, teacher_map = student_map.flatten(1).float(), teacher_map.flatten(1).float()
+    if standardize:
+        student_map, teacher_map = _standardize(student_map), _standardize(teacher_map.detach())
+    return _soft_kl(student_map, teacher_map, tau)
+
+
+def _standardize(x: Tensor) -> Tensor:
+    """Zero mean, unit (population) standard deviation along the last dimension."""
+    return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, correction=0) + 1e-6)
 
 
 def nld_loss(

@@ -113,12 +113,21 @@ def test_class_and_spike_activation_maps():
     torch.testing.assert_close(spike_activation_map(spikes), t([[2.0, 2.0]]))
 
 
-def test_samd_loss():
+def test_samd_loss_raw_maps():
     student_map, teacher_map = torch.zeros(1, 1, 2), torch.tensor([[[LN3, 0.0]]])
-    assert samd_loss(student_map, teacher_map, tau=1.0).item() == pytest.approx(KL_34_12, abs=1e-6)
+    assert samd_loss(student_map, teacher_map, 1.0, standardize=False).item() == pytest.approx(KL_34_12, abs=1e-6)
     # a 2x4 student map is average-pooled to the teacher's 1x2 grid
     big = torch.zeros(1, 2, 4)
-    assert samd_loss(big, teacher_map, tau=1.0).item() == pytest.approx(KL_34_12, abs=1e-6)
+    assert samd_loss(big, teacher_map, 1.0, standardize=False).item() == pytest.approx(KL_34_12, abs=1e-6)
+
+
+def test_samd_loss_standardized_maps():
+    # [1, 3] and [0, 40] both standardise to [-1, 1]: same saliency, whatever the scale -> 0
+    assert samd_loss(t([[1.0, 3.0]]), t([[0.0, 40.0]]), tau=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    # [0, 2] -> [-1, 1] against [1, 1] -> [0, 0]: softmax([-1, 1]) = [1, e^2] / (1 + e^2) against [1/2, 1/2]
+    q = math.exp(2) / (1 + math.exp(2))
+    expected = (1 - q) * math.log((1 - q) / 0.5) + q * math.log(q / 0.5)
+    assert samd_loss(t([[1.0, 1.0]]), t([[0.0, 2.0]]), tau=1.0).item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_samd_module():
@@ -127,9 +136,9 @@ def test_samd_module():
     fc_weight = t([1.0, 2.0], [3.0, 4.0])
     rate = torch.tensor([[[[0.5, 0.0]], [[0.25, 0.25]]]])
     loss = SAMDLoss(tau=1.0)(rate, feature_t, fc_weight, t([0.0, 1.0]), time_steps=4)
-    p_t = torch.softmax(t([3.0, 4.0]), -1)
-    p_s = torch.softmax(t([3.0, 1.0]), -1)
-    assert loss.item() == pytest.approx((p_t * (p_t / p_s).log()).sum().item(), abs=1e-6)
+    p_t = torch.softmax(t([-1.0, 1.0]), -1)  # CAM [3, 4] standardised
+    p_s = torch.softmax(t([1.0, -1.0]), -1)  # SAM [3, 1] standardised
+    assert loss.item() == pytest.approx((p_t * (p_t / p_s).log()).sum().item(), abs=1e-5)
 
 
 def test_nld_loss_with_fixed_noise():

@@ -5,7 +5,8 @@
 
 Writes DIR/report.md (default DIR: bench/results/<machine>/, machine from the recorded GPU or CPU name) and, when
 matplotlib is installed, DIR/training_time.png, DIR/training_memory.png and DIR/kernels_gbps.png. Kernel
-throughput is the least traffic of the op (`bench.providers.bytes_moved`) over its median time, set against the
+throughput is the least traffic of the op (`bench.providers.bytes_moved`) over its time (the median over rounds, or
+`--stat min` on a machine shared with other jobs, where the median measures the neighbours), set against the
 copy bandwidth measured in the same run; the issue's targets are judged and each miss is quantified.
 """
 
@@ -24,6 +25,7 @@ KERNEL_MODES = ("fwd", "fwd+bwd", "rate")
 TRAIN_MODES = ("bptt", "rate", "blockwise")
 PROVIDER_ORDER = ("triton", "reference", "compile", "sj-torch", "sj-triton", "sj-cuda")
 SJ_PROVIDERS = ("sj-torch", "sj-triton", "sj-cuda")
+STATS = ("median", "min", "mean")
 INFO_KEYS = ("device", "device_name", "scale", "torch", "threads", "cuda")
 TARGET_T = 16  # the issue's training targets compare T=16 with T=1
 
@@ -37,10 +39,13 @@ class Run:
     copies: list = field(default_factory=list)
     train: dict = field(default_factory=dict)  # (mode, T) -> case
     sources: list = field(default_factory=list)
+    stat: str = "median"  # the pytest-benchmark statistic taken as a case's time
 
 
-def load(paths: list[Path]) -> Run:
-    run = Run()
+def load(paths: list[Path], stat: str = "median") -> Run:
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {list(STATS)}, got {stat!r}")
+    run = Run(stat=stat)
     files = [f for p in paths for f in (sorted(p.rglob("*.json")) if p.is_dir() else [p])]
     if not files:
         raise SystemExit(f"no pytest-benchmark JSON found in {[str(p) for p in paths]}")
@@ -51,7 +56,7 @@ def load(paths: list[Path]) -> Run:
         run.sources.append(str(path))
         for bench in data["benchmarks"]:
             extra = bench.get("extra_info", {})
-            case = {**extra, "median": bench["stats"]["median"], "rounds": bench["stats"]["rounds"]}
+            case = {**extra, "time": bench["stats"][stat], "rounds": bench["stats"]["rounds"]}
             kind = extra.get("kind")
             if kind == "kernel":
                 run.kernels[extra["mode"], extra["provider"], extra["T"]] = case
@@ -69,7 +74,7 @@ def load(paths: list[Path]) -> Run:
 
 
 def gbps(case: dict) -> float:
-    return case["bytes"] / case["median"] / 1e9
+    return case["bytes"] / case["time"] / 1e9
 
 
 def copy_gbps(run: Run) -> float | None:
@@ -110,7 +115,7 @@ def kernel_tables(run: Run) -> list[str]:
             continue
         op = next(c["op"] for (m, _, _), c in run.kernels.items() if m == mode)
         neurons = next(c["neurons"] for (m, _, _), c in run.kernels.items() if m == mode)
-        lines += [f"### `{op}` {mode} (N = {neurons:,} neurons, fp32): median time, GB/s, % of copy", ""]
+        lines += [f"### `{op}` {mode} (N = {neurons:,} neurons, fp32): {run.stat} time, GB/s, % of copy", ""]
         lines += ["| T | " + " | ".join(providers) + " |", "|---|" + "---|" * len(providers)]
         for t in steps:
             cells = []
@@ -120,7 +125,7 @@ def kernel_tables(run: Run) -> list[str]:
                     cells.append("-")
                     continue
                 share = f" ({100 * gbps(case) / roof:.0f}%)" if roof else ""
-                cells.append(f"{_fmt_time(case['median'])}, {gbps(case):.1f} GB/s{share}")
+                cells.append(f"{_fmt_time(case['time'])}, {gbps(case):.1f} GB/s{share}")
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -137,7 +142,7 @@ def train_table(run: Run) -> list[str]:
     lines = [
         f"### Training step: {first['model']}, batch {first['batch']}, {first['image']}x{first['image']} input",
         "",
-        f"Time per step (median) and memory: {memory}.",
+        f"Time per step ({run.stat} over rounds) and memory: {memory}.",
         "",
         "| T | " + " | ".join(f"{m} time | {m} memory" for m in modes) + " |",
         "|---|" + "---|---|" * len(modes),
@@ -150,7 +155,7 @@ def train_table(run: Run) -> list[str]:
                 cells += ["-", "-"]
                 continue
             mem = _mib(train_memory(case)) + ("" if on_gpu else f" [{_mib(case['peak_bytes'])}]")
-            cells += [_fmt_time(case["median"]), mem]
+            cells += [_fmt_time(case["time"]), mem]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -195,7 +200,7 @@ def targets(run: Run) -> list[str]:
                 "both share (weights, optimizer state, the rate-stream graph) weigh more in a small model."
             )
         )
-        ratio = rate16["median"] / bptt16["median"]
+        ratio = rate16["time"] / bptt16["time"]
         twin = ""
         if not on_gpu:
             ref_rate = run.kernels.get(("rate", "reference", TARGET_T))
@@ -203,8 +208,8 @@ def targets(run: Run) -> list[str]:
             twin = " On the CPU the neuron is the PyTorch twin, a Python loop over T"
             if ref_rate and ref_bptt:
                 twin += (
-                    f" (at T={TARGET_T}: lif_rate {_fmt_time(ref_rate['median'])} against lif_multistep fwd+bwd "
-                    f"{_fmt_time(ref_bptt['median'])} in the kernel tables)"
+                    f" (at T={TARGET_T}: lif_rate {_fmt_time(ref_rate['time'])} against lif_multistep fwd+bwd "
+                    f"{_fmt_time(ref_bptt['time'])} in the kernel tables)"
                 )
             twin += "; the Triton kernels that make the spike pass cheap run on CUDA only."
         out.append(
@@ -241,9 +246,9 @@ def targets(run: Run) -> list[str]:
     for mode in ("fwd", "fwd+bwd"):
         speedups = []
         for (m, t), case in sorted(triton.items()):
-            peers = [run.kernels[m, p, t]["median"] for p in SJ_PROVIDERS if (m, p, t) in run.kernels]
+            peers = [run.kernels[m, p, t]["time"] for p in SJ_PROVIDERS if (m, p, t) in run.kernels]
             if m == mode and peers:
-                speedups.append((t, min(peers) / case["median"]))
+                speedups.append((t, min(peers) / case["time"]))
         if not speedups:
             out.append(f"- `lif_multistep` {mode} vs SpikingJelly: not measured (no SpikingJelly cases)")
             continue
@@ -284,7 +289,7 @@ def plots(run: Run, out: Path) -> list[str]:
     written = []
     if run.train:
         for name, value, label in (
-            ("training_time.png", lambda c: c["median"] * 1e3, "time per step (ms)"),
+            ("training_time.png", lambda c: c["time"] * 1e3, "time per step (ms)"),
             ("training_memory.png", lambda c: train_memory(c) / 2**20, _memory_label(run)),
         ):
             fig, ax = plt.subplots(figsize=(6, 4))
@@ -355,7 +360,8 @@ def write_report(run: Run, out: Path, command: str) -> tuple[Path, list[str]]:
         f"- device: {info.get('device')} ({info.get('device_name')}); torch {info.get('torch')}"
         + (f", CUDA {info['cuda']}" if info.get("cuda") else "")
         + (f"; {info['threads']} CPU thread(s)" if info.get("device") == "cpu" else ""),
-        f"- scale: `{info.get('scale')}` (bench/config.py); run at {info.get('datetime')}",
+        f"- scale: `{info.get('scale')}` (bench/config.py); run at {info.get('datetime')}; times: the {run.stat} "
+        "over each case's rounds",
         "- copy bandwidth (device-to-device `copy_`, read + write): "
         + (f"{roof:.1f} GB/s" if roof else "not measured"),
         f"- made by: `{command}` from {', '.join(Path(s).name for s in run.sources)}",
@@ -372,7 +378,7 @@ def write_report(run: Run, out: Path, command: str) -> tuple[Path, list[str]]:
             "## Neuron ops",
             "",
             "GB/s = the least traffic of the op (fwd: read X, write S; fwd+bwd: also write and re-read H, read dL/dS,"
-            " write dL/dX; rate: read X, write S, rate and elig) over the median time; the same bytes for every "
+            " write dL/dX; rate: read X, write S, rate and elig) over the time; the same bytes for every "
             "provider, so GB/s ranks them like time does. Providers absent from a table were skipped here "
             "(the `triton` provider and SpikingJelly's triton/cuda backends need CUDA; SpikingJelly has no rate pass).",
             "",
@@ -392,8 +398,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="pytest-benchmark JSON files or folders of them")
     parser.add_argument("--machine", help="results folder name (default: from the recorded device name)")
     parser.add_argument("--out", type=Path, help="output folder (default: bench/results/<machine>/)")
+    parser.add_argument(
+        "--stat", choices=STATS, default="median", help="time of a case over its rounds (min on a shared machine)"
+    )
     args = parser.parse_args(argv)
-    run = load(args.inputs)
+    run = load(args.inputs, args.stat)
     machine = args.machine or machine_slug(run.info.get("device_name", ""))
     out = args.out or RESULTS / machine
     command = "python -m bench.report " + " ".join(sys.argv[1:] if argv is None else argv)

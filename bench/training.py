@@ -132,6 +132,10 @@ def cpu_peak_memory(case: TrainCase, steps: int = 2, timeout: float = 600.0) -> 
     """Runs `steps` training steps of `case` in a fresh process (with this one's CPU threads); its peak and
     pre-step resident sizes in bytes, and its mean seconds per step."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    # glibc: every block of 64 KiB or more its own mapping, returned to the OS when freed, so that the resident size
+    # follows the live tensors (with its default, adaptive threshold freed blocks stay resident and a run's peak
+    # varies by tens of MiB with the allocation history).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     cmd = [sys.executable, "-m", "bench.training", json.dumps(asdict(case)), str(steps), str(torch.get_num_threads())]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:

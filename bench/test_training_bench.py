@@ -27,10 +27,14 @@ def test_train_step(benchmark, train_mode, train_steps, scale, device, machine_i
         # Measured first, in a fresh process: this one's peak already holds every earlier case.
         benchmark.extra_info.update(cpu_peak_memory(case), memory="peak RSS of a fresh process")
     step = synchronized(build_step(case, device), device)
+    out_of_memory = None
     try:
         step()  # warm-up: gradients, optimizer state, kernel compilation
         if device.type == "cuda":
             benchmark.extra_info.update(cuda_peak_memory(step, device), memory="torch.cuda.max_memory_allocated")
     except torch.cuda.OutOfMemoryError as error:
-        pytest.skip(f"out of GPU memory at batch {case.batch}, T={case.T}: {error}")
+        out_of_memory = str(error).splitlines()[0]
+    if out_of_memory is not None:
+        del step  # the model and its activations, before the next case allocates
+        pytest.skip(f"out of GPU memory at batch {case.batch}, T={case.T}: {out_of_memory}")
     benchmark.pedantic(step, rounds=scale.train_rounds, iterations=1)

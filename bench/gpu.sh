@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY_RUN=1 ;;
         --out) OUT="${2:?--out needs a folder}"; shift ;;
         --out=*) OUT="${1#--out=}" ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "bench/gpu.sh: unknown argument '$1' (accepted: --dry-run, --out DIR)" >&2; exit 2 ;;
     esac
     shift

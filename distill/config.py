@@ -60,9 +60,9 @@ class Config:
     align: str = option("conv_bn", "blockwise: alignment module phi", ("conv_bn", "conv", "identity"))
     # teacher
     teacher: str = option("", "load the teacher from this checkpoint instead of training it")
-    teacher_epochs: int = option(10, "epochs of teacher training")
+    teacher_epochs: int = option(15, "epochs of teacher training")
     # optimisation (both stages)
-    epochs: int = option(5, "epochs of student training")
+    epochs: int = option(15, "epochs of student training")
     max_steps: int = option(0, "stop each stage after this many optimizer steps (0 = no limit; for quick runs)")
     batch_size: int = option(64, "global batch size (split over ranks and grad_accum micro-batches)")
     grad_accum: int = option(1, "micro-batches per optimizer step on each rank")

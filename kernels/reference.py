@@ -91,9 +91,9 @@ def reset(h, s, v_threshold, v_reset):
 
 
 def reset_grad(h, s, sg, v_threshold, v_reset, detach_reset):
-    """dV_t/dH_t, with sg = dS_t/dH_t (the surrogate)."""
+    """dV_t/dH_t, with sg = dS_t/dH_t (the surrogate); a plain 1.0 where it is constant."""
     if v_reset is None:
-        return torch.ones_like(h) if detach_reset else 1.0 - v_threshold * sg
+        return 1.0 if detach_reset else 1.0 - v_threshold * sg
     return (1.0 - s) if detach_reset else (1.0 - s) + (v_reset - h) * sg
 
 

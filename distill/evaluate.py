@@ -10,6 +10,7 @@ the convs and is not counted.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -113,23 +114,20 @@ def profile(model: nn.Module, data: Dataset, device: torch.device, index: Tensor
     was_training = model.training
     model.eval()
     counter = _OpCounter(model)
-    rates = FiringRates(model) if any(isinstance(m, LIF) for m in model.modules()) else None
+    spiking = any(isinstance(m, LIF) for m in model.modules())
     correct = 0
     try:
-        if rates is not None:
-            rates.__enter__()
-        for start in range(0, len(index), batch_size):
-            x, y = data.batch(index[start : start + batch_size], device)
-            correct += int((model(model_input(x, model.kind)).argmax(-1) == y).sum())
+        with FiringRates(model) if spiking else nullcontext() as rates:
+            for start in range(0, len(index), batch_size):
+                x, y = data.batch(index[start : start + batch_size], device)
+                correct += int((model(model_input(x, model.kind)).argmax(-1) == y).sum())
     finally:
         counter.close()
-        if rates is not None:
-            rates.__exit__(None, None, None)
         model.train(was_training)
     n = max(len(index), 1)
     return Profile(
         accuracy=correct / n,
-        firing_rates=rates.rates() if rates is not None else {},
+        firing_rates=rates.rates() if spiking else {},
         macs=counter.macs / n,
         sops=counter.sops / n,
     )

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -126,26 +125,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 # ----------------------------------------------------------------------------------------------- resume
 
 
+# Runs distill.run and SIGKILLs itself (no clean-up, no atexit) right after logging student step 7: mid-epoch
+# (8 steps an epoch), after the checkpoint of step 6, and at the same point however fast the machine is.
+SELF_KILL = """
+import os, signal, sys
+import distill.trainer
+log = distill.trainer.Context.log
+def log_then_die(self, record):
+    log(self, record)
+    if record.get("stage") == "student" and record.get("step") == 7 and "loss" in record:
+        os.kill(os.getpid(), signal.SIGKILL)
+distill.trainer.Context.log = log_then_die
+from distill.run import main
+main(sys.argv[1:])
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     args = [*QUICK, "--teacher-epochs", "1", "--epochs", "2", "--log-every", "1", "--checkpoint-every", "3"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     reference = run_cli([*args, "--out", str(whole)], stdout=subprocess.DEVNULL)
-    victim = run_cli([*args, "--out", str(broken)], stdout=subprocess.DEVNULL)
-    metrics, deadline = broken / "metrics.jsonl", time.time() + 240
-    killed_at = None
-    while time.time() < deadline and victim.poll() is None:
-        lines = metrics.read_text().splitlines() if metrics.exists() else []
-        steps = [json.loads(x)["step"] for x in lines[:-1] if '"student"' in x and "loss" in x]
-        if steps and max(steps) >= 5:  # checkpointed at step 3, now mid-way through epoch 1 (8 steps)
-            victim.send_signal(signal.SIGKILL)
-            killed_at = max(steps)
-            break
-        time.sleep(0.05)
-    victim.wait(timeout=60)
-    assert killed_at is not None, "the run ended before it could be killed"
-    assert load_checkpoint(broken / "checkpoint.pt")["stage"] == "student"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    victim = subprocess.run([sys.executable, "-c", SELF_KILL, *args, "--out", str(broken)], cwd=ROOT, env=env)
+    assert victim.returncode == -signal.SIGKILL
+    checkpoint = load_checkpoint(broken / "checkpoint.pt")
+    assert (checkpoint["stage"], checkpoint["step"]) == ("student", 6)
     assert not (broken / "student.pt").exists()
+    metrics = broken / "metrics.jsonl"
     # the saved options win: "--resume --out DIR" is enough
     control = ["--progress", "off", "--threads", "1", "--log-every", "1"]
     resumed = run_cli(["--out", str(broken), "--resume", *control], stdout=subprocess.DEVNULL)

@@ -321,8 +321,17 @@ def _truncate_metrics(ctx: Context, stage: str, step: int) -> None:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
+    """GPU: the peak of allocated tensors. CPU: the process's peak resident memory (VmHWM; ru_maxrss would carry a
+    parent's peak over fork + exec)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

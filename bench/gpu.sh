@@ -8,7 +8,7 @@
 #   bench/gpu.sh --out DIR       results in DIR instead
 #
 # Stages, each under `timeout -s INT` (pytest-benchmark still writes the cases it finished), against one deadline:
-#   tests     pytest tests (with CUDA present this runs the cuda-marked tests and the kernels on the GPU)
+#   tests     pytest tests -m "not slow" (with CUDA present: the cuda-marked tests, the kernels and models on the GPU)
 #   kernels   neuron ops: triton, reference, SpikingJelly (torch / triton / cuda backends) x fwd, fwd+bwd, rate x T
 #   training  ResNet-18 training steps, bptt / rate / blockwise x T = 1..16, time and peak memory
 #   compile   torch.compile of the reference twins (slow to build: last, up to T=8, cut at the deadline)
@@ -48,7 +48,7 @@ else
         exit 2
     fi
     MACHINE=$("$PYTHON" -c "import torch; from bench.config import machine_slug; print(machine_slug(torch.cuda.get_device_name()))")
-    TESTS=(tests)
+    TESTS=(tests -m "not slow")  # the slow ones are CPU training runs (default job, DDP, resume), not device checks
     SCALE=(--bench-scale=large)
     ROUNDS=(--benchmark-max-time=0.25 --benchmark-min-rounds=5)
     COMPILE_MAX_STEPS=8

@@ -31,6 +31,8 @@ SCALES: dict[str, Scale] = {
     "tiny": Scale(1 << 10, (1, 4), 1 << 20, 0, "tiny_resnet", 2, 8, (2,), 1),
     # A CPU run: cache-sized kernels, a 25k-parameter ResNet.
     "small": Scale(1 << 16, (1, 2, 4, 8, 16, 32), 1 << 24, 16, "tiny_resnet", 16, 32, (1, 2, 4, 8, 16), 3),
+    # A CPU run of the training steps on the CIFAR ResNet-18 of the GPU scale (memory targets at the real model).
+    "resnet18-cpu": Scale(1 << 16, (1, 2, 4, 8, 16, 32), 1 << 24, 16, "resnet18", 16, 32, (1, 2, 4, 8, 16), 1),
     # An H100/H200: bandwidth-bound kernels (2^24 neurons = 64 MiB a timestep), CIFAR ResNet-18.
     "large": Scale(1 << 24, (1, 2, 4, 8, 16, 32), 1 << 28, 32, "resnet18", 64, 32, (1, 2, 4, 8, 16), 5),
 }

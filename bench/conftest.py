@@ -1,6 +1,6 @@
 """Options and fixtures of the benchmark suite (`pytest bench --benchmark-only`).
 
---bench-scale tiny|small|large (default: large with CUDA, small without) picks sizes and timesteps from
+--bench-scale tiny|small|resnet18-cpu|large (default: large with CUDA, small without) picks sizes and timesteps from
 `bench.config.SCALES`; --bench-compile-max-steps overrides the largest T timed for torch.compile;
 --bench-providers restricts the kernel providers (comma-separated); --bench-threads sets torch's CPU threads
 (default 1 without CUDA: steady numbers on a shared machine, and no OpenMP spinning against other processes).

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from kernels import rate_reduce
 from models.encoding import direct_encode
 from models.neuron import LIF, check_mode
 from models.streams import Streams
@@ -144,7 +145,7 @@ class Network(nn.Module):
         """[B, C, H, W]: the stage output (ANN), the rate stream (rate mode), or mean_t of the spikes (bptt, eval)."""
         if isinstance(h, Streams):
             return h.rate
-        return h.mean(0) if self.kind == "snn" else h
+        return rate_reduce(h).to(h.dtype) if self.kind == "snn" else h
 
 
 def init_weights(net: nn.Module) -> None:

@@ -1,7 +1,8 @@
 """The ops of rate-based backpropagation (Yu et al., NeurIPS 2024): the spike pass and the rate neuron.
 
 - `lif_rate(x)`: one pass over time with no graph, writing spikes [T, ...], the rate mean_t S_t and the eligibility
-  elig = d(mean_t S_t)/dc (forward-mode, for a shift c added to every X_t), both [...] in fp32.
+  elig = d(mean_t S_t)/dc (forward-mode, for a shift c added to every X_t), both [...] in fp32. `lif_rate_(x)`
+  writes the spikes over x (the spike stream's private temporaries: one [T, ...] tensor fewer alive).
 - `rate_ste(current, rate, elig)`: the rate stream's neuron, valued `rate`, with d/d current = elig.
 - `rate_reduce(s)`: mean over time in fp32 (also fused into `lif_rate`).
 """
@@ -114,6 +115,23 @@ def _state_dtype(x: torch.Tensor) -> torch.dtype:
 # --- lif_rate ---------------------------------------------------------------------------------------------------
 
 
+def _lif_rate_triton(x, spikes, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha):
+    """The spike pass of contiguous x into contiguous spikes (which may be x: each program reads X_t, then writes
+    S_t at the same offsets); returns (rate, elig)."""
+    rate = torch.empty(x.shape[1:], dtype=_state_dtype(x), device=x.device)
+    elig = torch.empty_like(rate)
+    n_steps, n_neurons = x.shape[0], rate.numel()
+    if n_neurons > 0:
+        wrap_triton(_lif_rate_kernel)[_grid(n_neurons)](
+            x, spikes, rate, elig, n_neurons, n_steps,
+            1.0 - 1.0 / tau, 1.0 / tau, 1.0 / tau if decay_input else 1.0, v_threshold,
+            0.0 if v_reset is None else v_reset, alpha,
+            HARD=v_reset is not None, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset, SURROGATE=surrogate_id,
+            BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )  # fmt: skip
+    return rate, elig
+
+
 @triton_op("spikekd::lif_rate", mutates_args={})
 def _lif_rate_op(
     x: torch.Tensor,
@@ -126,28 +144,47 @@ def _lif_rate_op(
     alpha: float,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    options = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha)
     if not use_triton(backend, x):
-        return reference.lif_rate(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha)
+        return reference.lif_rate(x, *options)
     x = x.contiguous()
     spikes = torch.empty_like(x)
-    rate = torch.empty(x.shape[1:], dtype=_state_dtype(x), device=x.device)
-    elig = torch.empty_like(rate)
-    n_steps, n_neurons = x.shape[0], rate.numel()
-    if n_neurons > 0:
-        wrap_triton(_lif_rate_kernel)[_grid(n_neurons)](
-            x, spikes, rate, elig, n_neurons, n_steps,
-            1.0 - 1.0 / tau, 1.0 / tau, 1.0 / tau if decay_input else 1.0, v_threshold,
-            0.0 if v_reset is None else v_reset, alpha,
-            HARD=v_reset is not None, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset, SURROGATE=surrogate_id,
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
-        )  # fmt: skip
-    return spikes, rate, elig
+    return spikes, *_lif_rate_triton(x, spikes, *options)
 
 
 @_lif_rate_op.register_fake
 def _(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha, backend):
     rate = x.new_empty(x.shape[1:], dtype=_state_dtype(x))
     return torch.empty_like(x), rate, torch.empty_like(rate)
+
+
+@triton_op("spikekd::lif_rate_", mutates_args={"x"})
+def _lif_rate_inplace_op(
+    x: torch.Tensor,
+    tau: float,
+    v_threshold: float,
+    v_reset: float | None,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate_id: int,
+    alpha: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    options = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha)
+    if not use_triton(backend, x):
+        _, rate, elig = reference.lif_rate(x, *options, out=x)
+        return rate, elig
+    buffer = x.contiguous()
+    rate, elig = _lif_rate_triton(buffer, buffer, *options)
+    if buffer is not x:
+        x.copy_(buffer)
+    return rate, elig
+
+
+@_lif_rate_inplace_op.register_fake
+def _(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha, backend):
+    rate = x.new_empty(x.shape[1:], dtype=_state_dtype(x))
+    return rate, torch.empty_like(rate)
 
 
 def lif_rate(
@@ -170,6 +207,30 @@ def lif_rate(
     check_backend(backend)
     options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     return torch.ops.spikekd.lif_rate(x.detach(), *options.op_args(), backend)
+
+
+def lif_rate_(
+    x: torch.Tensor,
+    *,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float | None = None,
+    decay_input: bool = False,
+    detach_reset: bool = True,
+    surrogate: str = "sigmoid",
+    alpha: float | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`lif_rate` that writes the spikes over x: returns (spikes, rate, elig), spikes being x (detached).
+
+    Same values as `lif_rate`, without a second [T, ...] tensor; for a current nothing else reads afterwards.
+    """
+    check_sequence(x)
+    check_backend(backend)
+    options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    spikes = x.detach()  # the same storage (and version counter): autograd still sees the write
+    rate, elig = torch.ops.spikekd.lif_rate_(spikes, *options.op_args(), backend)
+    return spikes, rate, elig
 
 
 # --- rate_reduce ------------------------------------------------------------------------------------------------

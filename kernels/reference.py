@@ -160,17 +160,18 @@ def lif_autograd(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrog
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def lif_rate(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha):
+def lif_rate(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha, out=None):
     """x [T, ...] -> (spikes [T, ...] x.dtype, rate [...] fp32, elig [...] fp32), forward-mode, no graph.
 
     elig = d(mean_t S_t)/dc for a shift c added to every X_t:
         h'_t = lam v'_{t-1} + g,  v'_t = h'_t dV_t/dH_t,  elig = (1/T) sum_t sg_t h'_t.
+    `out` (x's shape and dtype) receives the spikes; it may be x itself: S_t is written once X_t has been read.
     """
     cd = _compute_dtype(x)
     n_steps = x.shape[0]
     lam = 1.0 - 1.0 / tau
     g = 1.0 / tau if decay_input else 1.0
-    spikes = torch.empty_like(x)
+    spikes = torch.empty_like(x) if out is None else out
     v = _initial_v(x[0], v_reset).to(cd)
     dv = torch.zeros_like(v)
     count = torch.zeros_like(v)

@@ -62,15 +62,48 @@ class BatchNorm2d(nn.BatchNorm2d):
         if not (self.training or self.running_mean is None):
             return apply_linear(super().forward, x)
         with torch.no_grad():
-            spikes = fold_time(super().forward, x.spikes)
             var_s, mu_s = torch.var_mean(_upcast(x.spikes), dim=(0, 1, 3, 4), unbiased=False)
+            spikes = self._normalise_in_place(x.spikes) if self._can_normalise_in_place(x) else None
+            if spikes is None:
+                spikes = fold_time(super().forward, x.spikes)
         var_r, mu_r = torch.var_mean(_upcast(x.rate), dim=(0, 2, 3), unbiased=False)
         mu = mu_s + (mu_r - mu_r.detach())
         var = var_s + (var_r - var_r.detach())
         rate = (_upcast(x.rate) - mu[:, None, None]) * torch.rsqrt(var[:, None, None] + self.eps)
         if self.affine:
             rate = rate * self.weight[:, None, None] + self.bias[:, None, None]
-        return Streams(spikes, rate.to(x.rate.dtype))
+        return Streams(spikes, rate.to(x.rate.dtype), owned=True)
+
+    def _can_normalise_in_place(self, x: Streams) -> bool:
+        """Where the spike stream can be normalised over itself by the very kernel `nn.BatchNorm2d` runs: an owned
+        temporary, training with running statistics, on the CPU (CUDA's BatchNorm is cuDNN's, which has no in-place
+        form), the spikes in the statistics' dtype, more than one value per channel (else torch's own error)."""
+        spikes = x.spikes
+        return (
+            x.reusable
+            and self.training
+            and self.running_mean is not None
+            and self.running_var is not None
+            and self.num_batches_tracked is not None
+            and spikes.device.type == "cpu"
+            and spikes.dtype == self.running_mean.dtype
+            and spikes.shape[0] * spikes.shape[1] * spikes.shape[3] * spikes.shape[4] > 1
+            and not torch.is_autocast_enabled("cpu")
+            and hasattr(torch.ops.aten, "_batch_norm_with_update")
+        )
+
+    def _normalise_in_place(self, spikes: torch.Tensor) -> torch.Tensor:
+        """`nn.BatchNorm2d.forward` in training on spikes [T, B, C, H, W], written over them: the same statistics,
+        output bits and running-statistics update (torch's `_batch_norm_with_update` with out=input)."""
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        flat = spikes.view(-1, *spikes.shape[2:])
+        stats = spikes.new_empty(0)
+        torch.ops.aten._batch_norm_with_update.out(
+            flat, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps,
+            out=flat, save_mean=stats, save_invstd=stats.clone(), reserve=spikes.new_empty(0, dtype=torch.uint8),
+        )  # fmt: skip
+        return spikes
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ class Network(nn.Module):
         mode = self.resolve_mode(mode)
         self._check_input(x)
         with torch.no_grad() if mode == "eval" else nullcontext():
-            h = self.stem(x) if self.kind == "ann" else self._encode(x, mode)
+            h = [self.stem(x) if self.kind == "ann" else self._encode(x, mode)]
             logits, features = self._run_stages(h, 0, return_features)
         return (logits, features) if return_features else logits
 
@@ -97,7 +97,7 @@ class Network(nn.Module):
             if self.kind == "snn":
                 h = feature.unsqueeze(0).expand(self.T, *feature.shape)
                 h = Streams(h.detach(), feature) if mode == "rate" else h
-            logits, _ = self._run_stages(h, start, False)
+            logits, _ = self._run_stages([h], start, False)
         return logits
 
     def resolve_mode(self, mode: str | None) -> str:
@@ -132,10 +132,14 @@ class Network(nn.Module):
             return self.stem[self._front :](h)
         return self.stem(Streams.from_sequence(x) if mode == "rate" else x)
 
-    def _run_stages(self, h, start: int, keep: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _run_stages(self, inputs: list, start: int, keep: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """stages[start:] and the head on the one element of `inputs`, taken out of the list so that no caller keeps
+        the first stage input (in rate mode a [T, B, ...] spike stream) alive through all the stages."""
+        h = inputs.pop()
         features = []
         for stage in self.stages[start:]:
-            h = stage(h)
+            for layer in _layers(stage):
+                h = layer(h)
             if keep:
                 features.append(self._rate_feature(h))
         last = features[-1] if features else self._rate_feature(h)
@@ -146,6 +150,13 @@ class Network(nn.Module):
         if isinstance(h, Streams):
             return h.rate
         return rate_reduce(h).to(h.dtype) if self.kind == "snn" else h
+
+
+def _layers(stage: nn.Module) -> list[nn.Module]:
+    """A stage's layers, to be run one after the other: those of a plain nn.Sequential without hooks (what its forward
+    does, but each layer's input is let go once the next layer has it), else the stage itself."""
+    plain = type(stage) is nn.Sequential and not (stage._forward_hooks or stage._forward_pre_hooks)
+    return list(stage) if plain else [stage]
 
 
 def init_weights(net: nn.Module) -> None:

@@ -4,8 +4,9 @@ It takes the whole sequence [T, B, ...] and starts from its reset potential ever
 to reset between batches. Three ways to run it (DESIGN.md "Rate-based backpropagation"):
 
 - `bptt`: spikes = lif_multistep(x) with a graph through time (keeps one [T, B, ...] tensor for backward);
-- `rate`: on `Streams` (spikes, rate): lif_rate on the spike stream gives (spikes', rate', elig) without a graph,
-  and the rate stream becomes rate_ste(rate, rate', elig), valued rate' with d rate'/d rate = elig;
+- `rate`: on `Streams` (spikes, rate): lif_rate on the spike stream gives (spikes', rate', elig) without a graph
+  (`lif_rate_`, over the input, where the input's spikes are an owned temporary), and the rate stream becomes
+  rate_ste(rate, rate', elig), valued rate' with d rate'/d rate = elig;
 - `eval`: lif_multistep under no_grad, which saves nothing.
 
 `FiringRates` records the mean firing rate of every LIF module of a network through forward hooks.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels import LIFOptions, lif_multistep, lif_rate, rate_ste
+from kernels import LIFOptions, lif_multistep, lif_rate, lif_rate_, rate_ste
 from kernels.backend import check_backend
 from models.streams import Streams
 
@@ -82,8 +83,10 @@ class LIF(nn.Module):
         return lif_multistep(x, **self._kwargs())
 
     def _rate(self, x: Streams) -> Streams:
-        spikes, rate, elig = lif_rate(x.spikes, **self._kwargs())
-        return Streams(spikes, rate_ste(x.rate, rate, elig, backend=self.backend))
+        """The spikes are written over the input current where it is an owned temporary (`Streams.owned`)."""
+        spike_pass = lif_rate_ if x.reusable else lif_rate
+        spikes, rate, elig = spike_pass(x.spikes, **self._kwargs())
+        return Streams(spikes, rate_ste(x.rate, rate, elig, backend=self.backend), owned=True)
 
     def extra_repr(self) -> str:
         o = self.options

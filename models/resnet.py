@@ -17,6 +17,7 @@ from torch import nn
 
 from models.layers import LayerFactory, make_layers
 from models.network import Head, Network, init_weights
+from models.streams import Streams
 
 # name -> (blocks per stage, stage widths, stem width)
 RESNET_SPECS: dict[str, tuple[list[int], list[int], int]] = {
@@ -49,8 +50,10 @@ class BasicBlock(nn.Module):
         self.act2 = layers.act()
 
     def forward(self, x):
-        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
-        return self.act2(out + self.shortcut(x))
+        # In rate mode x is read twice: the residual branch gets it borrowed, the shortcut (its last use) as it came,
+        # and the sum goes over the shortcut's spikes where they are owned (models/streams.py).
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x.borrowed() if isinstance(x, Streams) else x)))))
+        return self.act2(self.shortcut(x) + out)
 
 
 def make_stem(kind: str, in_channels: int, width: int, layers: LayerFactory) -> nn.Sequential:

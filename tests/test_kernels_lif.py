@@ -1,4 +1,4 @@
-"""lif_multistep and lif_rate: the Triton kernels (interpreted on CPU) against their PyTorch twins."""
+"""lif_multistep, lif_rate and lif_rate_: the Triton kernels (interpreted on CPU) against their PyTorch twins."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import lif_multistep, lif_rate, reference
+from kernels import lif_multistep, lif_rate, lif_rate_, reference
 from kernels.options import LIFOptions
 
 # (reset, detach_reset, decay_input, surrogate): the whole grid of the neuron's code paths.
@@ -151,6 +151,36 @@ def test_lif_rate_non_contiguous_input():
     expected = reference.lif_rate(x.contiguous(), *LIFOptions().op_args())
     for got, want in zip(lif_rate(x, backend="triton"), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("v_reset,detach_reset,decay_input,surrogate", GRID[::5], ids=GRID_IDS[::5])
+def test_lif_rate_in_place_equals_lif_rate(backend, shape, v_reset, detach_reset, decay_input, surrogate):
+    """lif_rate_ writes the spikes over its input: the same bits as lif_rate, in x's own storage."""
+    kw = _kwargs(v_reset, detach_reset, decay_input, surrogate, tau=2.5)
+    x = _current(shape)
+    expected = lif_rate(x, backend=backend, **kw)
+    buffer = x.clone()
+    spikes, rate, elig = lif_rate_(buffer, backend=backend, **kw)
+    assert spikes.data_ptr() == buffer.data_ptr()
+    for got, want in zip((buffer, rate, elig), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(spikes, expected[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_lif_rate_in_place_storage_dtypes_and_strides(backend, dtype):
+    """In x's dtype; a non-contiguous x (a transposed view) is written through, as the op declares."""
+    x = _current((7, 6, 5), dtype).transpose(1, 2)
+    expected = lif_rate(x, backend=backend)
+    base = x.clone().transpose(1, 2)  # same strides as x, a buffer of its own
+    view = base.transpose(1, 2)
+    assert not view.is_contiguous()
+    _, rate, elig = lif_rate_(view, backend=backend)
+    for got, want in zip((view, rate, elig), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])

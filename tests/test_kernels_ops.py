@@ -41,6 +41,7 @@ def test_opcheck_lif_ops(backend, v_reset, surrogate):
     grad = torch.randn(3, 2, 5, device=DEVICE)
     _opcheck(torch.ops.spikekd.lif_multistep_backward.default, (grad, h_seq, *args, backend), backend)
     _opcheck(torch.ops.spikekd.lif_rate.default, (x.detach(), *args, backend), backend)
+    _opcheck(torch.ops.spikekd.lif_rate_.default, (x.detach().clone(), *args, backend), backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from distill.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 
 TRAIN_MODES = ("bptt", "rate", "blockwise")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -95,39 +96,6 @@ def cuda_peak_memory(step: Callable[[], torch.Tensor], device: torch.device) -> 
     return {"peak_bytes": torch.cuda.max_memory_allocated(device), "baseline_bytes": before}
 
 
-def _status_bytes(field: str) -> int | None:
-    """A size from /proc/self/status (Linux), in bytes; None where there is none."""
-    try:
-        with open("/proc/self/status") as f:
-            line = next((line for line in f if line.startswith(field + ":")), None)
-    except OSError:
-        return None
-    return None if line is None else int(line.split()[1]) * 1024  # "VmHWM:  123456 kB"
-
-
-def _resident_bytes() -> int:
-    return _status_bytes("VmRSS") or _peak_resident_bytes()
-
-
-def _peak_resident_bytes() -> int:
-    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a
-    large process (pytest) would report its parent's size."""
-    peak = _status_bytes("VmHWM")
-    if peak is not None:
-        return peak
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
-
-
-def _reset_peak_resident() -> None:
-    """Restart VmHWM from the current RSS (Linux: writing 5 to clear_refs), so the peak is the steps' alone."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
 def cpu_peak_memory(case: TrainCase, steps: int = 2, timeout: float = 600.0) -> dict[str, float]:
     """Runs `steps` training steps of `case` in a fresh process (with this one's CPU threads); its peak and
     pre-step resident sizes in bytes, and its mean seconds per step."""
@@ -149,13 +117,13 @@ def main(argv: list[str]) -> None:
     case = TrainCase(**json.loads(argv[0]))
     torch.set_num_threads(int(argv[2]))
     step = build_step(case, torch.device("cpu"))
-    baseline = _resident_bytes()
-    _reset_peak_resident()
+    baseline = resident_bytes()
+    reset_peak_resident()
     start = time.perf_counter()
     for _ in range(int(argv[1])):
         step()
     seconds = (time.perf_counter() - start) / int(argv[1])
-    print(json.dumps({"peak_bytes": _peak_resident_bytes(), "baseline_bytes": baseline, "step_s": seconds}))
+    print(json.dumps({"peak_bytes": peak_resident_bytes(), "baseline_bytes": baseline, "step_s": seconds}))
 
 
 if __name__ == "__main__":

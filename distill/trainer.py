@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_fl
 from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
 from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
+from distill.memory import peak_resident_bytes
 from models import HybridNet, create_model
 
 STAGES = ("teacher", "student")
@@ -321,18 +321,10 @@ def _truncate_metrics(ctx: Context, stage: str, step: int) -> None:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
-    """GPU: the peak of allocated tensors. CPU: the process's peak resident memory (VmHWM; ru_maxrss would carry a
-    parent's peak over fork + exec)."""
+    """GPU: the peak of allocated tensors. CPU: the process's peak resident memory."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_resident_bytes() / 2**20
 
 
 def load_teacher(path: str | Path, teacher: nn.Module) -> None:

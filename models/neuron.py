@@ -14,6 +14,8 @@ to reset between batches. Three ways to run it (DESIGN.md "Rate-based backpropag
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from torch import nn
 
@@ -53,17 +55,7 @@ class LIF(nn.Module):
         self.backend = backend
 
     def _kwargs(self) -> dict:
-        o = self.options
-        return dict(
-            tau=o.tau,
-            v_threshold=o.v_threshold,
-            v_reset=o.v_reset,
-            decay_input=o.decay_input,
-            detach_reset=o.detach_reset,
-            surrogate=o.surrogate,
-            alpha=o.alpha,
-            backend=self.backend,
-        )
+        return dict(asdict(self.options), backend=self.backend)
 
     def forward(self, x: torch.Tensor | Streams, mode: str | None = None) -> torch.Tensor | Streams:
         """mode None follows the input: Streams -> rate, a tensor -> bptt (which saves nothing without a graph).

@@ -62,48 +62,52 @@ class BatchNorm2d(nn.BatchNorm2d):
         if not (self.training or self.running_mean is None):
             return apply_linear(super().forward, x)
         with torch.no_grad():
-            var_s, mu_s = torch.var_mean(_upcast(x.spikes), dim=(0, 1, 3, 4), unbiased=False)
-            spikes = self._normalise_in_place(x.spikes) if self._can_normalise_in_place(x) else None
-            if spikes is None:
-                spikes = fold_time(super().forward, x.spikes)
+            spikes, mu_s, rstd_s = self._normalise_spikes(x)
         var_r, mu_r = torch.var_mean(_upcast(x.rate), dim=(0, 2, 3), unbiased=False)
         mu = mu_s + (mu_r - mu_r.detach())
-        var = var_s + (var_r - var_r.detach())
-        rate = (_upcast(x.rate) - mu[:, None, None]) * torch.rsqrt(var[:, None, None] + self.eps)
+        # rsqrt(var_s + (var_r - sg(var_r)) + eps): the value rstd_s, the derivative -rstd_s^3 / 2 per unit of var_r
+        rstd = rstd_s - 0.5 * rstd_s**3 * (var_r - var_r.detach())
+        rate = (_upcast(x.rate) - mu[:, None, None]) * rstd[:, None, None]
         if self.affine:
             rate = rate * self.weight[:, None, None] + self.bias[:, None, None]
         return Streams(spikes, rate.to(x.rate.dtype), owned=True)
 
-    def _can_normalise_in_place(self, x: Streams) -> bool:
-        """Where the spike stream can be normalised over itself by the very kernel `nn.BatchNorm2d` runs: an owned
-        temporary, training with running statistics, on the CPU (CUDA's BatchNorm is cuDNN's, which has no in-place
-        form), the spikes in the statistics' dtype, more than one value per channel (else torch's own error)."""
+    def _normalise_spikes(self, x: Streams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The spike stream normalised with its own batch statistics, as `nn.BatchNorm2d.forward` normalises it in
+        training (the same kernel, output bits and running-statistics update), and those statistics per channel:
+        the mean and 1 / sqrt(var + eps), in fp32. One pass of torch's kernel gives all three; it writes over the
+        spikes where they are an owned temporary on the CPU (CUDA's BatchNorm is cuDNN's, which has no in-place
+        form)."""
         spikes = x.spikes
+        if spikes.shape[0] * spikes.shape[1] * spikes.shape[3] * spikes.shape[4] <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {spikes.shape}")
+        flat = spikes.reshape(-1, *spikes.shape[2:])
+        if self.running_mean is None or self.running_var is None:
+            out, mean, rstd = torch.native_batch_norm(flat, self.weight, self.bias, None, None, True, 0.0, self.eps)
+            return out.view(spikes.shape), mean, rstd
+        momentum = 0.0 if self.momentum is None else self.momentum  # as nn.BatchNorm2d counts and averages
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        args = (flat, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+        if not self._can_normalise_in_place(x):
+            out, mean, rstd, _ = torch.ops.aten._batch_norm_with_update(*args)
+            return out.view(spikes.shape), mean, rstd
+        mean, rstd = flat.new_empty(0), flat.new_empty(0)
+        reserve = flat.new_empty(0, dtype=torch.uint8)
+        torch.ops.aten._batch_norm_with_update.out(*args, out=flat, save_mean=mean, save_invstd=rstd, reserve=reserve)
+        return spikes, mean, rstd
+
+    def _can_normalise_in_place(self, x: Streams) -> bool:
+        """Whether torch's kernel can write over the spikes: an owned contiguous temporary, on the CPU, in the
+        statistics' dtype, not under autocast."""
         return (
             x.reusable
-            and self.training
-            and self.running_mean is not None
-            and self.running_var is not None
-            and self.num_batches_tracked is not None
-            and spikes.device.type == "cpu"
-            and spikes.dtype == self.running_mean.dtype
-            and spikes.shape[0] * spikes.shape[1] * spikes.shape[3] * spikes.shape[4] > 1
+            and x.spikes.device.type == "cpu"
+            and x.spikes.dtype == self.running_mean.dtype
             and not torch.is_autocast_enabled("cpu")
-            and hasattr(torch.ops.aten, "_batch_norm_with_update")
         )
-
-    def _normalise_in_place(self, spikes: torch.Tensor) -> torch.Tensor:
-        """`nn.BatchNorm2d.forward` in training on spikes [T, B, C, H, W], written over them: the same statistics,
-        output bits and running-statistics update (torch's `_batch_norm_with_update` with out=input)."""
-        self.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        flat = spikes.view(-1, *spikes.shape[2:])
-        stats = spikes.new_empty(0)
-        torch.ops.aten._batch_norm_with_update.out(
-            flat, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps,
-            out=flat, save_mean=stats, save_invstd=stats.clone(), reserve=spikes.new_empty(0, dtype=torch.uint8),
-        )  # fmt: skip
-        return spikes
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ class Run:
     copies: list = field(default_factory=list)
     train: dict = field(default_factory=dict)  # (mode, T) -> case
     sources: list = field(default_factory=list)
+    run_at: dict = field(default_factory=dict)  # source file name -> when pytest-benchmark wrote it
     stat: str = "median"  # the pytest-benchmark statistic taken as a case's time
 
 
@@ -54,6 +55,7 @@ def load(paths: list[Path], stat: str = "median") -> Run:
         if "benchmarks" not in data:
             continue  # another JSON file in the folder
         run.sources.append(str(path))
+        run.run_at[path.name] = data.get("datetime")
         for bench in data["benchmarks"]:
             extra = bench.get("extra_info", {})
             case = {**extra, "time": bench["stats"][stat], "rounds": bench["stats"]["rounds"]}
@@ -67,7 +69,6 @@ def load(paths: list[Path], stat: str = "median") -> Run:
             else:
                 continue
             run.info = run.info or {k: extra[k] for k in INFO_KEYS if k in extra}
-            run.info.setdefault("datetime", data.get("datetime"))
     if not run.sources:
         raise SystemExit(f"none of {[str(f) for f in files]} is a pytest-benchmark JSON (no 'benchmarks' key)")
     return run
@@ -360,8 +361,8 @@ def write_report(run: Run, out: Path, command: str) -> tuple[Path, list[str]]:
         f"- device: {info.get('device')} ({info.get('device_name')}); torch {info.get('torch')}"
         + (f", CUDA {info['cuda']}" if info.get("cuda") else "")
         + (f"; {info['threads']} CPU thread(s)" if info.get("device") == "cpu" else ""),
-        f"- scale: `{info.get('scale')}` (bench/config.py); run at {info.get('datetime')}; times: the {run.stat} "
-        "over each case's rounds",
+        f"- scale: `{info.get('scale')}` (bench/config.py); times: the {run.stat} over each case's rounds",
+        "- run at: " + ", ".join(f"{at} ({name})" for name, at in run.run_at.items()),
         "- copy bandwidth (device-to-device `copy_`, read + write): "
         + (f"{roof:.1f} GB/s" if roof else "not measured"),
         f"- made by: `{command}` from {', '.join(Path(s).name for s in run.sources)}",

@@ -75,37 +75,41 @@ class BatchNorm2d(nn.BatchNorm2d):
     def _normalise_spikes(self, x: Streams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The spike stream normalised with its own batch statistics, as `nn.BatchNorm2d.forward` normalises it in
         training (the same kernel, output bits and running-statistics update), and those statistics per channel:
-        the mean and 1 / sqrt(var + eps), in fp32. One pass of torch's kernel gives all three; it writes over the
-        spikes where they are an owned temporary on the CPU (CUDA's BatchNorm is cuDNN's, which has no in-place
-        form)."""
+        the mean and 1 / sqrt(var + eps), in fp32 (fp64 for fp64). One pass of torch's kernel gives all three; it
+        writes over the spikes where they are an owned temporary on the CPU (CUDA's BatchNorm is cuDNN's, which has
+        no in-place form)."""
         spikes = x.spikes
         if spikes.shape[0] * spikes.shape[1] * spikes.shape[3] * spikes.shape[4] <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {spikes.shape}")
         flat = spikes.reshape(-1, *spikes.shape[2:])
         if self.running_mean is None or self.running_var is None:
-            out, mean, rstd = torch.native_batch_norm(flat, self.weight, self.bias, None, None, True, 0.0, self.eps)
-            return out.view(spikes.shape), mean, rstd
-        momentum = 0.0 if self.momentum is None else self.momentum  # as nn.BatchNorm2d counts and averages
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
-        args = (flat, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+            op, args = torch.ops.aten.native_batch_norm, (flat, self.weight, self.bias, None, None, True, 0.0, self.eps)
+        else:
+            momentum = 0.0 if self.momentum is None else self.momentum  # as nn.BatchNorm2d counts and averages
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:
+                    momentum = 1.0 / float(self.num_batches_tracked)
+            op = torch.ops.aten._batch_norm_with_update
+            args = (flat, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
         if not self._can_normalise_in_place(x):
-            out, mean, rstd, _ = torch.ops.aten._batch_norm_with_update(*args)
+            out, mean, rstd = op(*args)[:3]
             return out.view(spikes.shape), mean, rstd
         mean, rstd = flat.new_empty(0), flat.new_empty(0)
-        reserve = flat.new_empty(0, dtype=torch.uint8)
-        torch.ops.aten._batch_norm_with_update.out(*args, out=flat, save_mean=mean, save_invstd=rstd, reserve=reserve)
+        outputs = dict(out=flat, save_mean=mean, save_invstd=rstd)
+        if op is torch.ops.aten._batch_norm_with_update:
+            outputs["reserve"] = flat.new_empty(0, dtype=torch.uint8)
+        op.out(*args, **outputs)
         return spikes, mean, rstd
 
     def _can_normalise_in_place(self, x: Streams) -> bool:
         """Whether torch's kernel can write over the spikes: an owned contiguous temporary, on the CPU, in the
         statistics' dtype, not under autocast."""
+        stats = self.running_mean if self.running_mean is not None else self.weight
         return (
             x.reusable
             and x.spikes.device.type == "cpu"
-            and x.spikes.dtype == self.running_mean.dtype
+            and (stats is None or x.spikes.dtype == stats.dtype)
             and not torch.is_autocast_enabled("cpu")
         )
 

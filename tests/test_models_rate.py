@@ -128,23 +128,31 @@ def test_lif_module_matches_the_ops(seed):
     assert not lif(x.requires_grad_(), mode="eval").requires_grad
 
 
-def test_batchnorm_rate_mode_uses_spike_statistics(seed):
+@pytest.mark.parametrize("owned", [False, True], ids=["given", "owned"])
+@pytest.mark.parametrize("track_running_stats", [True, False], ids=["running", "batch-only"])
+def test_batchnorm_rate_mode_uses_spike_statistics(seed, owned, track_running_stats):
     """Both streams are normalised with the spike stream's statistics (so rate' = mean_t spikes'), and the running
-    statistics are updated exactly as a BN over the spike stream updates them."""
+    statistics are updated exactly as a BN over the spike stream updates them; the same whether the spikes are
+    normalised over themselves (owned) or into a new tensor, and without running statistics."""
     spikes = (torch.rand(4, 3, 2, 5, 5) < 0.3).double()
-    reference = nn.BatchNorm2d(2).double()
-    bn = BatchNorm2d(2).double()
+    reference = nn.BatchNorm2d(2, track_running_stats=track_running_stats).double()
+    bn = BatchNorm2d(2, track_running_stats=track_running_stats).double()
     with torch.no_grad():
         for m in (reference, bn):
             m.weight.copy_(torch.tensor([1.5, -0.5]))
             m.bias.copy_(torch.tensor([0.1, 0.2]))
     rate_in = spikes.mean(0).requires_grad_()
-    out = bn(Streams(spikes, rate_in))
-    expected = reference(spikes.flatten(0, 1)).unflatten(0, (4, 3))
+    expected = reference(spikes.flatten(0, 1)).unflatten(0, (4, 3)).detach()
+    given = spikes.clone()
+    out = bn(Streams(given, rate_in, owned=owned))
+    assert (out.spikes.data_ptr() == given.data_ptr()) == owned
     torch.testing.assert_close(out.spikes, expected)
     torch.testing.assert_close(out.rate, expected.mean(0))
-    torch.testing.assert_close(bn.running_mean, reference.running_mean)
-    torch.testing.assert_close(bn.running_var, reference.running_var)
+    if track_running_stats:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(bn, name), getattr(reference, name)), name
+    else:
+        assert bn.running_mean is None and bn.running_var is None
     # Straight-through statistics (DESIGN.md): mu = sg(mu_s) + mu_r - sg(mu_r), and the same for var.
     upstream = torch.randn_like(rate_in)
     out.rate.backward(upstream)
@@ -157,10 +165,18 @@ def test_batchnorm_rate_mode_uses_spike_statistics(seed):
     torch.testing.assert_close(rate_in.grad, r.grad)
     affine_only = upstream * w / (var_s[:, None, None] + bn.eps).sqrt()
     assert not torch.allclose(rate_in.grad, affine_only)  # the statistics do carry a gradient
-    # With running statistics (eval), BN is affine: it commutes with the mean over time.
     bn.eval()
     out = bn(Streams(spikes, spikes.mean(0)))
     torch.testing.assert_close(out.rate, out.spikes.mean(0))
+    if track_running_stats:  # with running statistics (eval), BN is affine: it commutes with the mean over time
+        torch.testing.assert_close(out.spikes, reference.eval()(spikes.flatten(0, 1)).unflatten(0, (4, 3)))
+    else:  # without, it normalises with the batch's statistics in eval too, as nn.BatchNorm2d does
+        torch.testing.assert_close(out.spikes, expected)
+
+
+def test_batchnorm_rate_mode_needs_more_than_one_value_per_channel():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        BatchNorm2d(2)(Streams(torch.ones(1, 1, 2, 1, 1), torch.ones(1, 2, 1, 1)))
 
 
 @pytest.mark.parametrize("mode", ["bptt", "rate"])

@@ -180,13 +180,16 @@ def test_batchnorm_rate_mode_needs_more_than_one_value_per_channel():
 
 
 @pytest.mark.parametrize("mode", ["bptt", "rate"])
-def test_triton_backend_matches_reference_in_a_model(mode):
-    """The neuron options reach the ops: the same net on the Triton kernels (the interpreter on CPU) agrees."""
+@pytest.mark.parametrize("model", ["tiny_vgg", "tiny_resnet"])
+def test_triton_backend_matches_reference_in_a_model(model, mode):
+    """The neuron options reach the ops: the same net on the Triton kernels agrees (on CUDA where there is one, else
+    on the CPU interpreter, as the triton backend runs nowhere else)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
     for backend in ("reference", "triton"):
         torch.manual_seed(0)
-        net = create_model("tiny_vgg", kind="snn", T=3, backend=backend).train()
-        logits = net(torch.rand(2, 3, 8, 8), mode=mode)
+        net = create_model(model, kind="snn", T=3, backend=backend).to(device).train()
+        logits = net(torch.rand(2, 3, 8, 8, device=device), mode=mode)
         logits.backward(torch.ones_like(logits))
         results.append((logits.detach(), [p.grad for p in net.parameters()]))
     (ref_logits, ref_grads), (tri_logits, tri_grads) = results

@@ -13,6 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from models import list_models
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -42,7 +46,7 @@ class Config:
     test_subset: int = option(0, "evaluate on a fixed random subset of this many samples (0 = all)")
     augment: bool = option(True, "random crop with padding and flip (as suits the data set), on the device")
     # models
-    arch: str = option("tiny_resnet", "architecture of the teacher ANN and the student SNN (see models.list_models)")
+    arch: str = option("tiny_resnet", "architecture of the teacher ANN and the student SNN", tuple(list_models()))
     time_steps: int = option(4, "SNN time steps T (event data: must equal the frames per sample)")
     neuron_tau: float = option(2.0, "LIF membrane time constant")
     v_threshold: float = option(1.0, "LIF firing threshold")
@@ -96,6 +100,11 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.epochs < 0 or self.teacher_epochs < 0:
             raise ValueError(f"epochs and teacher_epochs must be >= 0, got {self.epochs} and {self.teacher_epochs}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
 
     @property
     def run_dir(self) -> Path:

@@ -13,14 +13,14 @@ from distill.checkpoint import CheckpointError
 from distill.config import parse_config
 from distill.datasets import DatasetError
 from distill.report import format_table, summary_rows
-from distill.trainer import NonFiniteLossError, train
+from distill.trainer import NonFiniteLossError, SetupError, train
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(argv)
     try:
         results = train(cfg)
-    except (DatasetError, CheckpointError, NonFiniteLossError) as error:
+    except (DatasetError, CheckpointError, NonFiniteLossError, SetupError) as error:
         raise SystemExit(f"error: {error}") from error
     if "config" in results:  # rank 0
         print(format_table(summary_rows(results)))

@@ -45,6 +45,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped before applying that step."""
 
 
+class SetupError(RuntimeError):
+    """The options cannot run here: a device this machine lacks, images too small for the architecture."""
+
+
 @dataclass
 class Context:
     """Where the run executes: device, ranks, data, run folder."""
@@ -83,10 +87,7 @@ def setup(cfg: Config) -> Context:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+    device = resolve_device(cfg.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
@@ -113,9 +114,41 @@ def setup(cfg: Config) -> Context:
         if not cfg.resume:
             for name in ("checkpoint.pt", "metrics.jsonl", "teacher.pt", "student.pt", "results.json", "report.md"):
                 (run_dir / name).unlink(missing_ok=True)
+    check_input_size(cfg, train)
     ctx = Context(cfg, device, rank, world_size, train, test, run_dir)
     ctx.barrier()
     return ctx
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    """`--device` as a torch.device with an index for CUDA ("auto" and "cuda": this process's local GPU)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise SetupError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    index = local_rank if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise SetupError(f"--device {name}: GPU {index} does not exist; this machine has {torch.cuda.device_count()}")
+    return torch.device("cuda", index)
+
+
+def check_input_size(cfg: Config, data: Dataset) -> None:
+    """Runs the ANN twin of `cfg.arch` on one blank image of the data set's size, so that images too small for the
+    architecture's downsampling stop the run here, with a way out, rather than at its first step."""
+    height, width = data.sample_shape[-2:]
+    net = build_model(cfg, "ann", data).eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, data.in_channels, height, width))
+    except RuntimeError as error:
+        raise SetupError(
+            f"--arch {cfg.arch} cannot take the {height}x{width} images of {cfg.dataset} ({error}); use an "
+            "architecture for small images (tiny_resnet, tiny_vgg) or, for imagenet and cifar10_dvs, a larger "
+            "--image-size"
+        ) from error
 
 
 def build_model(cfg: Config, kind: str, data: Dataset) -> nn.Module:

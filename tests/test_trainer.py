@@ -14,6 +14,7 @@ import torch
 import distill.trainer
 from distill.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from distill.config import Config, build_parser, parse_config
+from distill.run import main
 from distill.trainer import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,13 +56,32 @@ def test_config_from_toml_and_flags(tmp_path):
 
 @pytest.mark.parametrize(
     "toml, message",
-    [('methd = "kd"', "unknown option"), ('method = "mse"', "method must be one of"), ("epochs = 1.5", "must be a")],
+    [
+        ('methd = "kd"', "unknown option"),
+        ('method = "mse"', "method must be one of"),
+        ("epochs = 1.5", "must be a"),
+        ('arch = "resnet99"', "arch must be one of .*'resnet18'"),
+        ('device = "gpu"', "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    ],
 )
 def test_config_errors(tmp_path, toml, message, capsys):
     path = tmp_path / "bad.toml"
     path.write_text(toml + "\n")
     with pytest.raises(SystemExit, match=message):
         parse_config(["--config", str(path)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="--device cuda:1: CUDA is not available here .*use --device cpu"):
+        main([*QUICK, "--device", "cuda:1", "--out", str(tmp_path)])
+
+
+def test_images_too_small_for_the_architecture_is_a_clear_error(tmp_path):
+    """vgg11 halves the side five times: the 8x8 digits vanish; the run says so before it trains."""
+    with pytest.raises(SystemExit, match="--arch vgg11 cannot take the 8x8 images of digits .*tiny_resnet, tiny_vgg"):
+        main([*QUICK, "--arch", "vgg11", "--out", str(tmp_path)])
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

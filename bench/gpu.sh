@@ -8,7 +8,7 @@
 #   bench/gpu.sh --out DIR       results in DIR instead
 #
 # Stages, each under `timeout -s INT` (pytest-benchmark still writes the cases it finished), against one deadline:
-#   tests     pytest tests -m "not slow" (with CUDA present: the cuda-marked tests, the kernels and models on the GPU)
+#   tests     pytest -m "not slow": first the files that run on the GPU (kernels, the models' CUDA paths), then the rest
 #   kernels   neuron ops: triton, reference, SpikingJelly (torch / triton / cuda backends) x fwd, fwd+bwd, rate x T
 #   training  ResNet-18 training steps, bptt / rate / blockwise x T = 1..16, time and peak memory
 #   compile   torch.compile of the reference twins (slow to build: last, up to T=8, cut at the deadline)
@@ -48,7 +48,13 @@ else
         exit 2
     fi
     MACHINE=$("$PYTHON" -c "import torch; from bench.config import machine_slug; print(machine_slug(torch.cuda.get_device_name()))")
-    TESTS=(tests -m "not slow")  # the slow ones are CPU training runs (default job, DDP, resume), not device checks
+    # The files that run on the GPU first (kernels on CUDA tensors, the models' CUDA paths), then the rest of the
+    # suite, so that a cut at the stage's cap leaves the device checks done. The slow tests are CPU training runs
+    # (default job, DDP, resume), not device checks.
+    ON_GPU=(tests/test_kernels_lif.py tests/test_kernels_ops.py tests/test_kernels_peers.py tests/test_models_cuda.py
+            tests/test_models_rate.py)
+    mapfile -t REST < <(ls tests/test_*.py | grep -vxF -f <(printf '%s\n' "${ON_GPU[@]}"))
+    TESTS=("${ON_GPU[@]}" "${REST[@]}" -m "not slow")
     SCALE=(--bench-scale=large)
     ROUNDS=(--benchmark-max-time=0.25 --benchmark-min-rounds=5)
     COMPILE_MAX_STEPS=8

@@ -1,7 +1,9 @@
 """Pure-PyTorch twins of the Triton kernels: the CPU implementation and the test oracle.
 
 Every function here computes in fp32 (fp64 for fp64 input) whatever the storage dtype and follows the kernels
-operation for operation, so that spikes are bit-identical. Tensors are time-first [T, ...].
+operation for operation, so that spikes are bit-identical (the spike test `fire` excepted: the same values from
+float arithmetic, which the CPU runs several times faster than a comparison into bool). Tensors are time-first
+[T, ...].
 
 The neuron (DESIGN.md), per element, with lam = 1 - 1/tau, V_0 = v_reset or 0:
     decay_input=False: H_t = V_{t-1} - V_{t-1}/tau + X_t          (hard: V_{t-1} - (V_{t-1} - vr)/tau + X_t)
@@ -70,19 +72,28 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def charge(v, x, tau, v_reset, decay_input):
-    """H_t from V_{t-1} and X_t, written as the kernel writes it (scalars rounded to fp32 the same way)."""
+def charge(v, x, tau, v_reset, decay_input, out=None):
+    """H_t from V_{t-1} and X_t, written as the kernel writes it (scalars rounded to fp32 the same way); `out`, if
+    given, receives it."""
     lam, inv_tau = 1.0 - 1.0 / tau, 1.0 / tau
     if decay_input:
-        return v + (x - v) * inv_tau if v_reset is None else v + (x - (v - v_reset)) * inv_tau
+        step = (x - v) * inv_tau if v_reset is None else (x - (v - v_reset)) * inv_tau
+        return torch.add(v, step, out=out)
     if v_reset is None:
-        return lam * v + x
-    return lam * v + x + float(np.float32(v_reset) * np.float32(inv_tau))
+        return torch.add(lam * v, x, out=out)
+    return torch.add(lam * v + x, float(np.float32(v_reset) * np.float32(inv_tau)), out=out)
 
 
-def fire(h, v_threshold):
-    """S_t = [H_t >= th]; a NaN potential fires NaN, so NaN input never turns into a silent zero."""
-    return torch.where(h.isnan(), h, (h >= v_threshold).to(h.dtype))
+def fire(h, v_threshold, out=None):
+    """S_t = [H_t >= th] in h's dtype; a NaN potential fires NaN, so NaN input never turns into a silent zero. `out`,
+    if given (h's dtype), receives it.
+
+    Float ops only: the comparison written into a float tensor, then the max with clamp(H, -1, -0.5), which is NaN
+    exactly where H is and below 0 elsewhere. (On the CPU, comparisons into bool tensors and `where` run about ten
+    times slower than float arithmetic.)
+    """
+    s = torch.ge(h, v_threshold, out=torch.empty_like(h) if out is None else out)
+    return torch.maximum(s, h.clamp(-1.0, -0.5), out=s)
 
 
 def reset(h, s, v_threshold, v_reset):
@@ -91,10 +102,21 @@ def reset(h, s, v_threshold, v_reset):
 
 
 def reset_grad(h, s, sg, v_threshold, v_reset, detach_reset):
-    """dV_t/dH_t, with sg = dS_t/dH_t (the surrogate); a plain 1.0 where it is constant."""
+    """dV_t/dH_t, with sg = dS_t/dH_t (the surrogate); a plain 1.0 where it is constant (s is unused with a soft
+    reset)."""
     if v_reset is None:
         return 1.0 if detach_reset else 1.0 - v_threshold * sg
     return (1.0 - s) if detach_reset else (1.0 - s) + (v_reset - h) * sg
+
+
+def _times(x, factor):
+    """x * factor, skipping the multiplication where factor is the constant 1.0 (exact either way)."""
+    return x if isinstance(factor, float) and factor == 1.0 else x * factor
+
+
+def _slot(buffer, t, dtype):
+    """buffer[t], where a step's result in `dtype` can be written directly; None where it must be cast (and copied)."""
+    return buffer[t] if buffer.dtype == dtype else None
 
 
 def _initial_v(x0: torch.Tensor, v_reset) -> torch.Tensor:
@@ -113,10 +135,11 @@ def lif_forward(x, tau, v_threshold, v_reset, decay_input, detach_reset, surroga
     h_seq = torch.empty_like(x) if store_h else x.new_empty(0)
     v = _initial_v(x[0], v_reset).to(cd)
     for t in range(x.shape[0]):
-        h = charge(v, x[t].to(cd), tau, v_reset, decay_input)
-        s = fire(h, v_threshold)
-        spikes[t] = s
-        if store_h:
+        h = charge(v, x[t].to(cd), tau, v_reset, decay_input, out=_slot(h_seq, t, cd) if store_h else None)
+        s = fire(h, v_threshold, out=_slot(spikes, t, cd))
+        if spikes.dtype != cd:
+            spikes[t] = s
+        if store_h and h_seq.dtype != cd:
             h_seq[t] = h
         v = reset(h, s, v_threshold, v_reset)
     return spikes, h_seq
@@ -134,10 +157,11 @@ def lif_backward(grad_spikes, h_seq, tau, v_threshold, v_reset, decay_input, det
     grad_v = torch.zeros_like(h_seq[0], dtype=cd)
     for t in reversed(range(h_seq.shape[0])):
         h = h_seq[t].to(cd)
-        s = (h >= v_threshold).to(cd)
+        s = None if v_reset is None else fire(h, v_threshold)  # only the hard reset's gradient reads S
         sg = surrogate_grad(h - v_threshold, surrogate_id, alpha)
-        grad_h = grad_spikes[t].to(cd) * sg + grad_v * reset_grad(h, s, sg, v_threshold, v_reset, detach_reset)
-        grad_x[t] = grad_h * g
+        grad_h = grad_spikes[t].to(cd) * sg
+        grad_h += _times(grad_v, reset_grad(h, s, sg, v_threshold, v_reset, detach_reset))
+        grad_x[t] = _times(grad_h, g)
         grad_v = grad_h * lam
     return grad_x
 
@@ -178,14 +202,15 @@ def lif_rate(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_
     elig = torch.zeros_like(v)
     for t in range(n_steps):
         h = charge(v, x[t].to(cd), tau, v_reset, decay_input)
-        s = fire(h, v_threshold)
+        s = fire(h, v_threshold, out=_slot(spikes, t, cd))  # X_t has been read: S_t may take its place
+        if spikes.dtype != cd:
+            spikes[t] = s
         sg = surrogate_grad(h - v_threshold, surrogate_id, alpha)
         dh = lam * dv + g
-        elig = elig + sg * dh
-        dv = dh * reset_grad(h, s, sg, v_threshold, v_reset, detach_reset)
+        elig += sg * dh
+        dv = _times(dh, reset_grad(h, s, sg, v_threshold, v_reset, detach_reset))
         v = reset(h, s, v_threshold, v_reset)
-        count = count + s
-        spikes[t] = s
+        count += s
     return spikes, (count / n_steps).to(cd), (elig / n_steps).to(cd)
 
 

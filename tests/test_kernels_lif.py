@@ -194,6 +194,21 @@ def test_nan_in_nan_out(backend):
     assert spikes_rate[1:, 0, 3].isnan().all() and rate[0, 3].isnan() and elig[0, 3].isnan()
 
 
+@pytest.mark.parametrize("v_reset", [None, 0.0], ids=["soft", "hard"])
+def test_special_values_fire_alike(v_reset):
+    """+-inf, NaN, the threshold itself and signed zeros: the kernel and the twin (whose spike test is float
+    arithmetic, not a comparison into bool) give the same spikes, NaN where the kernel gives NaN."""
+    specials = [float("inf"), float("-inf"), float("nan"), 1.0, 0.0, -0.0, 2.0, 0.5, 3.4e38, -3.4e38, 1e-45]
+    x = torch.tensor(specials, device=DEVICE).repeat(3, 1)
+    x[1] = 0.5  # the second step starts from each special potential
+    for fn in (lif_multistep, lambda x, **kw: lif_rate(x, **kw)[0]):
+        kernel, twin = fn(x, v_reset=v_reset, backend="triton"), fn(x, v_reset=v_reset, backend="reference")
+        torch.testing.assert_close(kernel, twin, rtol=0, atol=0, equal_nan=True)
+        assert kernel[0, 0] == 1 and kernel[0, 1] == 0 and kernel[0, 2].isnan() and kernel[0, 3] == 1
+        for spikes in (kernel, twin):
+            assert not spikes[~spikes.isnan()].signbit().any()  # no -0.0 spikes
+
+
 def test_hard_reset_potential_starts_at_reset():
     """V_0 = vr: with vr = 0.9 and th = 1, a current of 0.15 fires at once (hard, no decay: H = lam vr + x + vr/tau)."""
     x = torch.full((2, 1, 4), 0.15, device=DEVICE)

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m distill.run",
         description="Train (or load) an ANN teacher and distill an SNN student from it; evaluate; write a report. "
         "With no arguments: blockwise distillation of tiny_resnet, T=4, rate-based training, on the embedded "
-        "digits, on the CPU, in about two minutes. Multi-GPU / multi-process: torchrun --nproc_per_node=N -m "
+        "digits, on the CPU, in under a minute. Multi-GPU / multi-process: torchrun --nproc_per_node=N -m "
         "distill.run ...",
         argument_default=argparse.SUPPRESS,
     )

@@ -1,7 +1,7 @@
 """``python -m distill.run [options]``: train or load the teacher, distill the student, evaluate, report.
 
 With no options it distills tiny_resnet (T=4, rate-based training, the block-wise method) on the embedded digits, on
-the CPU, in about two minutes, and prints a table. ``--help`` lists every option; ``--config FILE.toml`` reads them
+the CPU, in under a minute, and prints a table. ``--help`` lists every option; ``--config FILE.toml`` reads them
 from a file. Several processes or GPUs: ``torchrun --nproc_per_node=N -m distill.run ...``.
 """
 

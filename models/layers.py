@@ -63,11 +63,12 @@ class BatchNorm2d(nn.BatchNorm2d):
             return apply_linear(super().forward, x)
         with torch.no_grad():
             spikes, mu_s, rstd_s = self._normalise_spikes(x)
-        var_r, mu_r = torch.var_mean(_upcast(x.rate), dim=(0, 2, 3), unbiased=False)
+        rate = _upcast(x.rate)
+        var_r, mu_r = torch.var_mean(rate, dim=(0, 2, 3), unbiased=False)
         mu = mu_s + (mu_r - mu_r.detach())
         # rsqrt(var_s + (var_r - sg(var_r)) + eps): the value rstd_s, the derivative -rstd_s^3 / 2 per unit of var_r
         rstd = rstd_s - 0.5 * rstd_s**3 * (var_r - var_r.detach())
-        rate = (_upcast(x.rate) - mu[:, None, None]) * rstd[:, None, None]
+        rate = (rate - mu[:, None, None]) * rstd[:, None, None]
         if self.affine:
             rate = rate * self.weight[:, None, None] + self.bias[:, None, None]
         return Streams(spikes, rate.to(x.rate.dtype), owned=True)

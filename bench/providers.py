@@ -2,7 +2,7 @@
 
 A provider turns (mode, x) into a zero-argument callable that runs the op once, backward included for
 `fwd+bwd`. Every provider runs the same neuron: tau=2, v_threshold=1, soft reset, decay_input=False,
-detach_reset=True, sigmoid surrogate with alpha=4 (DESIGN.md defaults).
+detach_reset=True, sigmoid surrogate with alpha=4 (the neuron's defaults).
 
 - `triton`: SpikeKD's kernels (`backend="triton"`), CUDA only.
 - `reference`: SpikeKD's public ops on their pure-PyTorch twins (`backend="reference"`).

@@ -9,20 +9,23 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
+from kernels.launch import launch, readable_step
 from kernels.options import check_floating
 
-BLOCK = 1024
 MAX_SEED = 2**63 - 1
 
 
 @triton.jit
 def _poisson_encode_kernel(
-    x_ptr,  # [N] intensities, storage dtype
-    spikes_ptr,  # [T, N] out: Bernoulli spikes
+    x_ptr,  # [N] intensities, storage dtype, any layout of `kernels.launch`
+    x_cols,  # layout of x: element i at (i // cols) * row_stride + (i % cols) * col_stride
+    x_row_stride,
+    x_col_stride,
+    spikes_ptr,  # [T, N] out: Bernoulli spikes, contiguous
     n_neurons,  # N
     n_steps,  # T
     seed,  # Philox key
@@ -30,8 +33,9 @@ def _poisson_encode_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
-    p = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    p = tl.minimum(tl.maximum(p, 0.0), 1.0)
+    x = tl.load(x_ptr + (offs // x_cols) * x_row_stride + (offs % x_cols) * x_col_stride, mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    p = tl.where(x < 0.0, 0.0, tl.where(x > 1.0, 1.0, x))  # clamp to [0, 1] keeping NaN (tl.maximum drops it)
     counter = offs
     for _ in range(n_steps):
         s = tl.where(tl.rand(seed, counter) < p, 1.0, 0.0)
@@ -44,11 +48,10 @@ def _poisson_encode_kernel(
 def _poisson_encode_op(x: torch.Tensor, n_steps: int, seed: int, backend: str) -> torch.Tensor:
     if not use_triton(backend, x):
         return reference.poisson_encode(x, n_steps, seed)
-    x = x.contiguous()
+    x, layout = readable_step(x)
     spikes = x.new_empty((n_steps, *x.shape))
     if x.numel() > 0:
-        grid = (triton.cdiv(x.numel(), BLOCK),)
-        wrap_triton(_poisson_encode_kernel)[grid](x, spikes, x.numel(), n_steps, seed, BLOCK=BLOCK)
+        launch(_poisson_encode_kernel, x.numel(), x, *layout.args(), spikes, x.numel(), n_steps, seed)
     return spikes
 
 

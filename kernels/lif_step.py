@@ -6,14 +6,16 @@ Each function mirrors its twin in `kernels/reference.py` operation for operation
 import triton
 import triton.language as tl
 
-SURROGATE_SIGMOID: tl.constexpr = 0
-SURROGATE_ATAN: tl.constexpr = 1
-SURROGATE_TRIANGLE: tl.constexpr = 2
+# Module-level constants a @jit function reads must be `tl.constexpr(...)` values: the compiler rejects a plain
+# annotated global (the interpreter does not), and `python -m kernels.aot` checks every kernel against the compiler.
+SURROGATE_SIGMOID = tl.constexpr(0)
+SURROGATE_ATAN = tl.constexpr(1)
+SURROGATE_TRIANGLE = tl.constexpr(2)
 
 
 @triton.jit
 def charge(v, x, lam, inv_tau, v_reset, HARD: tl.constexpr, DECAY_INPUT: tl.constexpr):
-    """H_t from V_{t-1} and X_t (DESIGN.md, "The neuron")."""
+    """H_t from V_{t-1} and X_t (docs/design.md, "The neuron")."""
     if DECAY_INPUT:
         if HARD:
             h = v + (x - (v - v_reset)) * inv_tau
@@ -35,10 +37,22 @@ def fire(h, v_threshold):
 
 
 @triton.jit
+def store_potential(h, s, v_threshold, h_fired, h_rested, dtype: tl.constexpr):
+    """H_t rounded to the storage dtype for the backward, kept on the side of th that S_t took: the backward
+    recomputes S_t = [H_t >= th] from it and must see the forward's spike (a half-precision H within one rounding of
+    th would flip it). h_fired / h_rested: the storage dtype's nearest values at or above / below th."""
+    rounded = h.to(dtype).to(tl.float32)
+    rounded = tl.where((s == 1.0) & (rounded < v_threshold), h_fired, rounded)
+    rounded = tl.where((s == 0.0) & (rounded >= v_threshold), h_rested, rounded)
+    return rounded.to(dtype)
+
+
+@triton.jit
 def reset(h, s, v_threshold, v_reset, HARD: tl.constexpr):
     """V_t from H_t and S_t."""
     if HARD:
-        v = (1.0 - s) * h + s * v_reset
+        # A select, not (1 - S) H + S vr: an infinite H that fires resets to vr instead of 0 * inf = NaN; NaN stays.
+        v = tl.where(s == 1.0, v_reset, h)
     else:
         v = h - v_threshold * s
     return v
@@ -54,7 +68,8 @@ def surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
         z = 1.5707963267948966 * alpha * x
         sg = (alpha / 2.0) / (1.0 + z * z)
     else:
-        sg = tl.maximum(1.0 / alpha - tl.abs(x), 0.0) * (alpha * alpha)
+        tent = 1.0 / alpha - tl.abs(x)
+        sg = tl.where(tent < 0.0, 0.0, tent) * (alpha * alpha)  # not tl.maximum, which turns NaN into 0
     return sg
 
 

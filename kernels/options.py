@@ -19,7 +19,7 @@ STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 @dataclass(frozen=True)
 class LIFOptions:
-    """The neuron of DESIGN.md: lam = 1 - 1/tau, threshold, reset (None = soft), surrogate of dS/dH."""
+    """The neuron of docs/design.md: lam = 1 - 1/tau, threshold, reset (None = soft), surrogate of dS/dH."""
 
     tau: float = 2.0
     v_threshold: float = 1.0

@@ -12,23 +12,24 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
+from kernels.launch import launch, readable_sequence, readable_step
 from kernels.lif_step import charge, fire, reset, reset_grad, surrogate_grad
 from kernels.options import LIFOptions, check_floating, check_same_device, check_sequence
-
-BLOCK = 1024
-NUM_WARPS = 4
-
 
 # Forward-mode eligibility, carried beside the potential:
 #   h'_t = lam v'_{t-1} + g,   v'_t = h'_t dV_t/dH_t,   elig = (1/T) sum_t sg_t h'_t
 @triton.jit
 def _lif_rate_kernel(
-    x_ptr,  # [T, N] input current X, storage dtype
-    spikes_ptr,  # [T, N] out: spikes S
+    x_ptr,  # [T, N] input current X, storage dtype, any layout of `kernels.launch`
+    x_t_stride,  # elements between X_t and X_{t+1} (0: constant in time)
+    x_cols,  # step layout of X: element i at (i // cols) * row_stride + (i % cols) * col_stride
+    x_row_stride,
+    x_col_stride,
+    spikes_ptr,  # [T, N] out: spikes S, contiguous (may be x itself when x is contiguous)
     rate_ptr,  # [N] out: mean_t S_t, fp32
     elig_ptr,  # [N] out: eligibility, fp32
     n_neurons,  # N
@@ -47,6 +48,7 @@ def _lif_rate_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
+    x_offs = (offs // x_cols) * x_row_stride + (offs % x_cols) * x_col_stride
     v = tl.full((BLOCK,), 0.0, tl.float32)
     if HARD:
         v += v_reset
@@ -54,7 +56,7 @@ def _lif_rate_kernel(
     count = tl.full((BLOCK,), 0.0, tl.float32)
     elig = tl.full((BLOCK,), 0.0, tl.float32)
     for _ in range(n_steps):
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
         h = charge(v, x, lam, inv_tau, v_reset, HARD, DECAY_INPUT)
         s = fire(h, v_threshold)
         sg = surrogate_grad(h - v_threshold, alpha, SURROGATE)
@@ -64,15 +66,19 @@ def _lif_rate_kernel(
         v = reset(h, s, v_threshold, v_reset, HARD)
         count += s
         tl.store(spikes_ptr + offs, s.to(spikes_ptr.dtype.element_ty), mask=mask)
-        x_ptr += n_neurons
+        x_ptr += x_t_stride
         spikes_ptr += n_neurons
-    tl.store(rate_ptr + offs, count / n_steps, mask=mask)
-    tl.store(elig_ptr + offs, elig / n_steps, mask=mask)
+    tl.store(rate_ptr + offs, (count / n_steps).to(rate_ptr.dtype.element_ty), mask=mask)
+    tl.store(elig_ptr + offs, (elig / n_steps).to(elig_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _rate_reduce_kernel(
-    s_ptr,  # [T, N] spikes (or any sequence), storage dtype
+    s_ptr,  # [T, N] spikes (or any sequence), storage dtype, any layout of `kernels.launch`
+    s_t_stride,  # elements between s_t and s_{t+1}
+    s_cols,  # step layout of s: element i at (i // cols) * row_stride + (i % cols) * col_stride
+    s_row_stride,
+    s_col_stride,
     out_ptr,  # [N] out: mean over T, fp32
     n_neurons,  # N
     n_steps,  # T
@@ -80,32 +86,33 @@ def _rate_reduce_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
+    s_offs = (offs // s_cols) * s_row_stride + (offs % s_cols) * s_col_stride
     acc = tl.full((BLOCK,), 0.0, tl.float32)
     for _ in range(n_steps):
-        acc += tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        s_ptr += n_neurons
-    tl.store(out_ptr + offs, acc / n_steps, mask=mask)
+        acc += tl.load(s_ptr + s_offs, mask=mask, other=0.0).to(tl.float32)
+        s_ptr += s_t_stride
+    tl.store(out_ptr + offs, (acc / n_steps).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _scaled_copy_kernel(
-    src_ptr,  # [N] values to copy
-    scale_ptr,  # [N] elementwise factor (only when HAS_SCALE)
-    out_ptr,  # [N] out: src * scale in fp32, stored in out's dtype
+    src_ptr,  # [N] values to copy, any layout of `kernels.launch`
+    src_cols,  # layout of src: element i at (i // cols) * row_stride + (i % cols) * col_stride
+    src_row_stride,
+    src_col_stride,
+    scale_ptr,  # [N] elementwise factor, contiguous (only when HAS_SCALE)
+    out_ptr,  # [N] out: src * scale in fp32, stored in out's dtype, contiguous
     n,  # N
     HAS_SCALE: tl.constexpr,  # multiply by scale, else a casting copy
     BLOCK: tl.constexpr,  # elements per program
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    value = tl.load(src_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    src_offs = (offs // src_cols) * src_row_stride + (offs % src_cols) * src_col_stride
+    value = tl.load(src_ptr + src_offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_SCALE:
         value = value * tl.load(scale_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _grid(n: int):
-    return (triton.cdiv(n, BLOCK),)
 
 
 def _state_dtype(x: torch.Tensor) -> torch.dtype:
@@ -116,18 +123,19 @@ def _state_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _lif_rate_triton(x, spikes, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha):
-    """The spike pass of contiguous x into contiguous spikes (which may be x: each program reads X_t, then writes
-    S_t at the same offsets); returns (rate, elig)."""
+    """The spike pass of x (any layout) into contiguous spikes, which may be x itself when x is contiguous (each
+    program reads X_t, then writes S_t at the same offsets); returns (rate, elig)."""
+    x, t_stride, layout = readable_sequence(x)
     rate = torch.empty(x.shape[1:], dtype=_state_dtype(x), device=x.device)
     elig = torch.empty_like(rate)
     n_steps, n_neurons = x.shape[0], rate.numel()
     if n_neurons > 0:
-        wrap_triton(_lif_rate_kernel)[_grid(n_neurons)](
-            x, spikes, rate, elig, n_neurons, n_steps,
+        launch(
+            _lif_rate_kernel, n_neurons,
+            x, t_stride, *layout.args(), spikes, rate, elig, n_neurons, n_steps,
             1.0 - 1.0 / tau, 1.0 / tau, 1.0 / tau if decay_input else 1.0, v_threshold,
             0.0 if v_reset is None else v_reset, alpha,
             HARD=v_reset is not None, DECAY_INPUT=decay_input, DETACH_RESET=detach_reset, SURROGATE=surrogate_id,
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
         )  # fmt: skip
     return rate, elig
 
@@ -147,8 +155,7 @@ def _lif_rate_op(
     options = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha)
     if not use_triton(backend, x):
         return reference.lif_rate(x, *options)
-    x = x.contiguous()
-    spikes = torch.empty_like(x)
+    spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     return spikes, *_lif_rate_triton(x, spikes, *options)
 
 
@@ -240,10 +247,10 @@ def lif_rate_(
 def _rate_reduce_op(s: torch.Tensor, backend: str) -> torch.Tensor:
     if not use_triton(backend, s):
         return reference.rate_reduce(s)
-    s = s.contiguous()
+    s, t_stride, layout = readable_sequence(s)
     out = torch.empty(s.shape[1:], dtype=_state_dtype(s), device=s.device)
     if out.numel() > 0:
-        wrap_triton(_rate_reduce_kernel)[_grid(out.numel())](s, out, out.numel(), s.shape[0], BLOCK=BLOCK)
+        launch(_rate_reduce_kernel, out.numel(), s, t_stride, *layout.args(), out, out.numel(), s.shape[0])
     return out
 
 
@@ -276,13 +283,12 @@ def rate_reduce(s: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
 
 
 def _scaled_copy(src: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    src = src.contiguous()
+    src, layout = readable_step(src)
     out = torch.empty(src.shape, dtype=dtype, device=src.device)
     if out.numel() > 0:
-        scale = src if scale is None else scale.contiguous()
-        wrap_triton(_scaled_copy_kernel)[_grid(out.numel())](
-            src, scale, out, out.numel(), HAS_SCALE=scale is not src, BLOCK=BLOCK
-        )
+        has_scale = scale is not None
+        scale = scale.contiguous() if has_scale else out
+        launch(_scaled_copy_kernel, out.numel(), src, *layout.args(), scale, out, out.numel(), HAS_SCALE=has_scale)
     return out
 
 

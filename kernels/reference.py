@@ -5,11 +5,11 @@ operation for operation, so that spikes are bit-identical (the spike test `fire`
 float arithmetic, which the CPU runs several times faster than a comparison into bool). Tensors are time-first
 [T, ...].
 
-The neuron (DESIGN.md), per element, with lam = 1 - 1/tau, V_0 = v_reset or 0:
+The neuron (docs/design.md), per element, with lam = 1 - 1/tau, V_0 = v_reset or 0:
     decay_input=False: H_t = V_{t-1} - V_{t-1}/tau + X_t          (hard: V_{t-1} - (V_{t-1} - vr)/tau + X_t)
     decay_input=True:  H_t = V_{t-1} + (X_t - (V_{t-1} - vr))/tau  (vr = 0 for soft reset)
     S_t = [H_t >= th]
-    soft: V_t = H_t - th S_t            hard: V_t = (1 - S_t) H_t + S_t vr
+    soft: V_t = H_t - th S_t            hard: V_t = vr where S_t = 1, else H_t
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class _Heaviside(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -97,8 +97,39 @@ def fire(h, v_threshold, out=None):
 
 
 def reset(h, s, v_threshold, v_reset):
-    """V_t from H_t and S_t (pass a detached S for detach_reset)."""
+    """V_t from H_t and S_t. The hard reset is a select, so that an infinite H that fires resets to vr (not
+    0 * inf = NaN), and a NaN H stays NaN."""
+    return h - v_threshold * s if v_reset is None else torch.where(s == 1.0, v_reset, h)
+
+
+def _reset_differentiable(h, s, v_threshold, v_reset):
+    """`reset` written so that autograd differentiates it through S as well (for the autograd oracle)."""
     return h - v_threshold * s if v_reset is None else (1.0 - s) * h + s * v_reset
+
+
+def threshold_neighbours(v_threshold: float, dtype: torch.dtype) -> tuple[float, float]:
+    """(the least value of `dtype` >= th, the greatest value of `dtype` < th), th rounded to fp32 as the kernels
+    compare in fp32: where a potential stored in `dtype` must keep its spike or its rest."""
+    th = torch.tensor(v_threshold, dtype=torch.float32)
+    if dtype in (torch.float32, torch.float64):
+        return float(th), float(torch.nextafter(th, torch.tensor(-math.inf)))
+    rounded = th.to(dtype)
+    step = rounded.view(torch.int16)  # a positive float: adjacent values are adjacent bit patterns
+    if float(rounded) >= float(th):
+        return float(rounded), float((step - 1).view(dtype))
+    return float((step + 1).view(dtype)), float(rounded)
+
+
+def store_potential(h: torch.Tensor, s: torch.Tensor, v_threshold: float, dtype: torch.dtype) -> torch.Tensor:
+    """H rounded to `dtype`, kept on the side of th that S took, so that the backward's S = [H >= th] recomputed
+    from it equals the forward's spike (half precision can round a potential across th)."""
+    stored = h.to(dtype)
+    if dtype == h.dtype:
+        return stored
+    fired, rested = threshold_neighbours(v_threshold, dtype)
+    rounded = stored.to(h.dtype)
+    stored = torch.where((s == 1.0) & (rounded < v_threshold), fired, rounded)
+    return torch.where((s == 0.0) & (stored >= v_threshold), rested, stored).to(dtype)
 
 
 def reset_grad(h, s, sg, v_threshold, v_reset, detach_reset):
@@ -130,7 +161,7 @@ def _initial_v(x0: torch.Tensor, v_reset) -> torch.Tensor:
 
 def lif_forward(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha, store_h=True):
     """x [T, ...] -> (spikes [T, ...] in x.dtype, H [T, ...] in x.dtype, or an empty tensor when not store_h)."""
-    cd = _compute_dtype(x)
+    cd = compute_dtype(x)
     spikes = torch.empty_like(x)
     h_seq = torch.empty_like(x) if store_h else x.new_empty(0)
     v = _initial_v(x[0], v_reset).to(cd)
@@ -140,7 +171,7 @@ def lif_forward(x, tau, v_threshold, v_reset, decay_input, detach_reset, surroga
         if spikes.dtype != cd:
             spikes[t] = s
         if store_h and h_seq.dtype != cd:
-            h_seq[t] = h
+            h_seq[t] = store_potential(h, s, v_threshold, h_seq.dtype)
         v = reset(h, s, v_threshold, v_reset)
     return spikes, h_seq
 
@@ -150,7 +181,7 @@ def lif_backward(grad_spikes, h_seq, tau, v_threshold, v_reset, decay_input, det
 
     dL/dH_t = dL/dS_t sg_t + dL/dV_t dV_t/dH_t;  dL/dV_{t-1} = lam dL/dH_t;  dL/dX_t = g dL/dH_t (g = 1 or 1/tau).
     """
-    cd = _compute_dtype(h_seq)
+    cd = compute_dtype(h_seq)
     lam = 1.0 - 1.0 / tau
     g = 1.0 / tau if decay_input else 1.0
     grad_x = torch.empty_like(h_seq)
@@ -168,13 +199,13 @@ def lif_backward(grad_spikes, h_seq, tau, v_threshold, v_reset, decay_input, det
 
 def lif_autograd(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha):
     """The same neuron written with autograd: the oracle of `lif_backward` (and of the Triton backward)."""
-    cd = _compute_dtype(x)
+    cd = compute_dtype(x)
     v = _initial_v(x[0], v_reset).to(cd)
     out = []
     for t in range(x.shape[0]):
         h = charge(v, x[t].to(cd), tau, v_reset, decay_input)
         s = _Heaviside.apply(h - v_threshold, surrogate_id, alpha)
-        v = reset(h, s.detach() if detach_reset else s, v_threshold, v_reset)
+        v = _reset_differentiable(h, s.detach() if detach_reset else s, v_threshold, v_reset)
         out.append(s)
     return torch.stack(out).to(x.dtype)
 
@@ -191,7 +222,7 @@ def lif_rate(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_
         h'_t = lam v'_{t-1} + g,  v'_t = h'_t dV_t/dH_t,  elig = (1/T) sum_t sg_t h'_t.
     `out` (x's shape and dtype) receives the spikes; it may be x itself: S_t is written once X_t has been read.
     """
-    cd = _compute_dtype(x)
+    cd = compute_dtype(x)
     n_steps = x.shape[0]
     lam = 1.0 - 1.0 / tau
     g = 1.0 / tau if decay_input else 1.0
@@ -216,7 +247,7 @@ def lif_rate(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_
 
 def rate_reduce(s: torch.Tensor) -> torch.Tensor:
     """mean over time of s [T, ...] -> [...], accumulated and returned in fp32 (fp64 for fp64 input)."""
-    cd = _compute_dtype(s)
+    cd = compute_dtype(s)
     acc = torch.zeros_like(s[0], dtype=cd)
     for t in range(s.shape[0]):
         acc = acc + s[t].to(cd)

@@ -39,7 +39,10 @@ def test_opcheck_lif_ops(backend, v_reset, surrogate):
     _opcheck(torch.ops.spikekd.lif_multistep.default, (x.detach(), *args, False, backend), backend)
     _, h_seq = torch.ops.spikekd.lif_multistep(x.detach(), *args, True, backend)
     grad = torch.randn(3, 2, 5, device=DEVICE)
-    _opcheck(torch.ops.spikekd.lif_multistep_backward.default, (grad, h_seq, *args, backend), backend)
+    for sum_over_t in (False, True):
+        _opcheck(torch.ops.spikekd.lif_multistep_backward.default, (grad, h_seq, *args, sum_over_t, backend), backend)
+    expanded = x.detach()[:1].expand(3, 2, 5).requires_grad_()
+    _opcheck(torch.ops.spikekd.lif_multistep.default, (expanded, *args, True, backend), backend)
     _opcheck(torch.ops.spikekd.lif_rate.default, (x.detach(), *args, backend), backend)
     _opcheck(torch.ops.spikekd.lif_rate_.default, (x.detach().clone(), *args, backend), backend)
 
@@ -198,11 +201,11 @@ def test_poisson_encode_is_seeded_and_unbiased(backend):
 
 
 def test_poisson_encode_independent_of_block_size(monkeypatch):
-    import kernels.encode as encode
+    import kernels.launch as launch
 
     x = torch.rand(2, 300, device=DEVICE)
     expected = poisson_encode(x, 3, 5, backend="triton")
-    monkeypatch.setattr(encode, "BLOCK", 128)
+    monkeypatch.setattr(launch, "LAUNCH_SHAPES", ((1 << 62, 128, 4),))
     torch.testing.assert_close(poisson_encode(x, 3, 5, backend="triton"), expected, rtol=0, atol=0)
 
 

@@ -7,6 +7,7 @@ raises errors that name the argument, the value given and what is accepted.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,11 @@ import torch
 SURROGATES: dict[str, tuple[int, float]] = {"sigmoid": (0, 4.0), "atan": (1, 2.0), "triangle": (2, 1.0)}
 SURROGATE_NAMES: dict[int, str] = {sid: name for name, (sid, _) in SURROGATES.items()}
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _is_number(value) -> bool:
+    """A real number: Python's or numpy's int and float (bool excluded)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -30,16 +36,18 @@ class LIFOptions:
     alpha: float | None = None
 
     def __post_init__(self):
-        if not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau) or self.tau < 1.0:
+        if not _is_number(self.tau) or not math.isfinite(self.tau) or self.tau < 1.0:
             raise ValueError(f"tau must be a finite number >= 1 (lam = 1 - 1/tau in [0, 1)), got {self.tau!r}")
-        if not isinstance(self.v_threshold, (int, float)) or not (self.v_threshold > 0):
-            raise ValueError(f"v_threshold must be a positive number, got {self.v_threshold!r}")
-        if self.v_reset is not None and (not isinstance(self.v_reset, (int, float)) or not math.isfinite(self.v_reset)):
+        if not _is_number(self.v_threshold) or not (0 < self.v_threshold < math.inf):
+            raise ValueError(f"v_threshold must be a finite positive number, got {self.v_threshold!r}")
+        if self.v_reset is not None and (not _is_number(self.v_reset) or not math.isfinite(self.v_reset)):
             raise ValueError(f"v_reset must be None (soft reset) or a finite number (hard reset), got {self.v_reset!r}")
         if self.surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {self.surrogate!r}")
-        if self.alpha is not None and (not isinstance(self.alpha, (int, float)) or not (self.alpha > 0)):
-            raise ValueError(f"alpha must be None (the surrogate's default) or a positive number, got {self.alpha!r}")
+        if self.alpha is not None and (not _is_number(self.alpha) or not (0 < self.alpha < math.inf)):
+            raise ValueError(
+                f"alpha must be None (the surrogate's default) or a finite positive number, got {self.alpha!r}"
+            )
 
     @property
     def surrogate_id(self) -> int:

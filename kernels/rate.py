@@ -234,10 +234,24 @@ def lif_rate_(
     """
     check_sequence(x)
     check_backend(backend)
+    check_writable_in_place(x)
     options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     spikes = x.detach()  # the same storage (and version counter): autograd still sees the write
     rate, elig = torch.ops.spikekd.lif_rate_(spikes, *options.op_args(), backend)
     return spikes, rate, elig
+
+
+def check_writable_in_place(x: torch.Tensor) -> None:
+    """x can take its own spikes: no element shares memory with another (an expanded view would take every step's
+    spike in one place), and no leaf that requires grad (its values are the parameters autograd differentiates)."""
+    if x.is_leaf and x.requires_grad:
+        raise ValueError("lif_rate_ cannot write over a leaf tensor that requires grad; use lif_rate(x)")
+    overlapping = any(stride == 0 and size > 1 for size, stride in zip(x.shape, x.stride()))
+    if overlapping or torch._debug_has_internal_overlap(x) == 1:
+        raise ValueError(
+            f"lif_rate_ writes the spikes over x, so x must not overlap itself; got shape {tuple(x.shape)} with strides "
+            f"{x.stride()} (an expanded view?); use lif_rate(x)"
+        )
 
 
 # --- rate_reduce ------------------------------------------------------------------------------------------------

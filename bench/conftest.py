@@ -54,6 +54,10 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("provider", _providers(metafunc.config))
     if "mode" in metafunc.fixturenames:
         metafunc.parametrize("mode", MODES)
+    if "n_neurons" in metafunc.fixturenames:
+        metafunc.parametrize("n_neurons", scale.neurons, ids=[f"N{n}" for n in scale.neurons])
+    if "dtype" in metafunc.fixturenames:
+        metafunc.parametrize("dtype", scale.dtypes)
     if "n_steps" in metafunc.fixturenames:
         metafunc.parametrize("n_steps", scale.steps, ids=[f"T{t}" for t in scale.steps])
     if "train_steps" in metafunc.fixturenames:

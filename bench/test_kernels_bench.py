@@ -14,23 +14,24 @@ from bench.providers import Unavailable, bytes_moved, make_call, spikingjelly_ve
 OPS = {"fwd": "lif_multistep", "fwd+bwd": "lif_multistep", "rate": "lif_rate"}
 
 
-def _input(n_steps: int, n_neurons: int, device: torch.device) -> torch.Tensor:
+def _input(n_steps: int, n_neurons: int, dtype: str, device: torch.device) -> torch.Tensor:
     # Currents around the threshold: about 40% of the neurons fire at each step.
     g = torch.Generator(device).manual_seed(0)
-    return torch.randn(n_steps, n_neurons, generator=g, device=device) * 1.5 + 0.5
+    x = torch.randn(n_steps, n_neurons, generator=g, device=device) * 1.5 + 0.5
+    return x.to(getattr(torch, dtype))
 
 
-def test_lif(benchmark, provider, mode, n_steps, scale, compile_max_steps, device, machine_info):
+def test_lif(benchmark, provider, mode, n_steps, n_neurons, dtype, compile_max_steps, device, machine_info):
     if provider == "compile" and n_steps > compile_max_steps:
         pytest.skip(f"torch.compile timed up to T={compile_max_steps} at this scale (its unrolled graph builds slowly)")
-    x = _input(n_steps, scale.neurons, device)
+    x = _input(n_steps, n_neurons, dtype, device)
     try:
         call = make_call(provider, mode, x)
     except Unavailable as why:
         pytest.skip(str(why))
     run = synchronized(call, device)
     run()  # compile / JIT / autotune outside the timed rounds
-    benchmark.group = f"{OPS[mode]} {mode} T={n_steps}"
+    benchmark.group = f"{OPS[mode]} {mode} {dtype} N={n_neurons} T={n_steps}"
     benchmark.extra_info.update(
         machine_info,
         kind="kernel",
@@ -38,9 +39,9 @@ def test_lif(benchmark, provider, mode, n_steps, scale, compile_max_steps, devic
         provider=provider,
         mode=mode,
         T=n_steps,
-        neurons=scale.neurons,
-        dtype=str(x.dtype).removeprefix("torch."),
-        bytes=bytes_moved(mode, n_steps, scale.neurons, x.element_size()),
+        neurons=n_neurons,
+        dtype=dtype,
+        bytes=bytes_moved(mode, n_steps, n_neurons, x.element_size()),
     )
     if provider.startswith("sj-"):
         benchmark.extra_info["spikingjelly"] = spikingjelly_version()

@@ -1,4 +1,4 @@
-"""One training step of an SNN in `bptt`, `rate` or `blockwise` (rate-mode hybrids) mode, and its peak memory.
+"""One training step of an SNN in `bptt`, `rate`, `blockwise` (rate-mode hybrids) or `sj-bptt` mode, and its peak memory.
 
     step = build_step(TrainCase("tiny_resnet", "rate", T=4, batch=16, image=32), device)
     step()  # forward, loss, backward, SGD step
@@ -6,7 +6,9 @@
 A step: forward on a random batch [B, 3, H, W] (direct encoding), cross-entropy, backward, SGD with momentum.
 `blockwise` is the hybrid block-wise replacement of Yang et al.: `models.HybridNet(student, teacher)` with every
 split, the student in rate mode, the loss the sum of the cross-entropies of the student and of every hybrid
-(the frozen teacher's own logits carry no gradient and are left out).
+(the frozen teacher's own logits carry no gradient and are left out). `sj-bptt` is what a SpikingJelly user trains
+today: the same network with SpikingJelly 2.0's multi-step `LIFNode` (its default implementation on the device:
+torch on the CPU, its Triton kernels on CUDA) in place of every SpikeKD neuron, trained by BPTT.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` over one step, in process. On CPU the allocator gives
 nothing comparable, so each case runs in its own process (`python -m bench.training CASE_JSON STEPS THREADS`) that
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from distill.memory import peak_resident_bytes, reset_peak_resident, resident_bytes
 
-TRAIN_MODES = ("bptt", "rate", "blockwise")
+TRAIN_MODES = ("bptt", "rate", "blockwise", "sj-bptt")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +62,8 @@ def build_step(case: TrainCase, device: torch.device) -> Callable[[], torch.Tens
         raise ValueError(f"mode must be one of {list(TRAIN_MODES)}, got {case.mode!r}")
     torch.manual_seed(0)
     student = models.create_model(case.model, kind="snn", num_classes=case.num_classes, T=case.T)
+    if case.mode == "sj-bptt":
+        student = with_spikingjelly_neurons(student)
     if case.mode == "blockwise":
         teacher = models.create_model(case.model, kind="ann", num_classes=case.num_classes)
         net = models.HybridNet(student, teacher)
@@ -70,7 +74,7 @@ def build_step(case: TrainCase, device: torch.device) -> Callable[[], torch.Tens
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     x = torch.rand(case.batch, 3, case.image, case.image, device=device)
     y = torch.randint(0, case.num_classes, (case.batch,), device=device)
-    forward_mode = "rate" if case.mode == "blockwise" else case.mode
+    forward_mode = {"blockwise": "rate", "sj-bptt": "bptt"}.get(case.mode, case.mode)
 
     def step() -> torch.Tensor:
         out = net(x, mode=forward_mode)
@@ -84,6 +88,53 @@ def build_step(case: TrainCase, device: torch.device) -> Callable[[], torch.Tens
         return loss.detach()
 
     return step
+
+
+def with_spikingjelly_neurons(net: torch.nn.Module) -> torch.nn.Module:
+    """`net` with every SpikeKD LIF replaced by SpikingJelly's multi-step LIFNode of the same options."""
+    from models.neuron import LIF
+
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LIF):
+                parent._modules[name] = SpikingJellyLIF(child.options)
+    return net
+
+
+def _spikingjelly_lif_class():
+    from models.neuron import LIF
+
+    class SpikingJellyLIF(LIF):
+        """SpikingJelly's LIFNode (step_mode="m") behind SpikeKD's neuron interface: [T, B, ...] -> spikes, BPTT only,
+        its membrane reset before every sequence (SpikingJelly keeps it between calls)."""
+
+        def __init__(self, options):
+            from spikingjelly.activation_based import neuron, surrogate
+
+            if options.surrogate != "sigmoid":
+                raise ValueError(f"only the sigmoid surrogate is mapped to SpikingJelly, got {options.surrogate!r}")
+            super().__init__(**vars(options))
+            self.node = neuron.LIFNode(
+                tau=options.tau,
+                decay_input=options.decay_input,
+                v_threshold=options.v_threshold,
+                v_reset=options.v_reset,
+                surrogate_function=surrogate.Sigmoid(alpha=options.surrogate_alpha),
+                detach_reset=options.detach_reset,
+                step_mode="m",
+            )
+
+        def forward(self, x, mode=None):
+            if not isinstance(x, torch.Tensor) or mode not in (None, "bptt", "eval"):
+                raise ValueError("SpikingJelly's LIFNode runs sequences by BPTT only (no rate mode)")
+            self.node.reset()
+            return self.node(x)
+
+    return SpikingJellyLIF
+
+
+def SpikingJellyLIF(options):  # noqa: N802 - a class built on first use, so that SpikingJelly stays optional
+    return _spikingjelly_lif_class()(options)
 
 
 def cuda_peak_memory(step: Callable[[], torch.Tensor], device: torch.device) -> dict[str, int]:

@@ -65,7 +65,7 @@ else
     AOT_TARGETS=$("$PYTHON" -c "import torch; print('sm_%d%d' % torch.cuda.get_device_capability())")
     SCALE=(--bench-scale=large)
     ROUNDS=(--benchmark-max-time=0.05 --benchmark-min-rounds=5)
-    PROVIDERS=triton,sj-triton,sj-torch
+    PROVIDERS=triton,sj-triton,sj-auto
 fi
 RESULTS=${RESULTS:-bench/results/$MACHINE}
 
@@ -144,9 +144,9 @@ run_stage aot 45 "$PYTHON" -m kernels.aot --target "$AOT_TARGETS"
 if [ "$DRY_RUN" = 1 ]; then
     run_stage tests 60 "$PYTHON" -m pytest "${CUDA_TESTS[@]}" -m cuda -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests.xml"
 else
-    run_stage tests 60 "$PYTHON" -m pytest "${CUDA_TESTS[@]}" -k "not aot" -q -rs -p no:cacheprovider \
+    run_stage tests 110 "$PYTHON" -m pytest "${CUDA_TESTS[@]}" -k "not aot" -q -rs -p no:cacheprovider \
         --junitxml="$RESULTS/tests.xml"
-    run_stage sweep 70 "$PYTHON" -m bench.launch_sweep --out "$RESULTS"
+    run_stage sweep 40 "$PYTHON" -m bench.launch_sweep --out "$RESULTS"
 fi
 run_stage kernels 100 "$PYTHON" -m pytest bench/test_kernels_bench.py "${BENCH[@]}" \
     --bench-providers="$PROVIDERS" --benchmark-json="$RESULTS/kernels.json"

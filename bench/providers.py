@@ -7,8 +7,10 @@ detach_reset=True, sigmoid surrogate with alpha=4 (the neuron's defaults).
 - `triton`: SpikeKD's kernels (`backend="triton"`), CUDA only.
 - `reference`: SpikeKD's public ops on their pure-PyTorch twins (`backend="reference"`).
 - `compile`: `torch.compile` of the twins in `kernels.reference` (the autograd-written neuron for `fwd+bwd`).
-- `sj-torch`, `sj-triton`, `sj-cuda`: SpikingJelly's `LIFNode` (multi-step) with that implementation forced.
-  SpikingJelly has no rate spike pass, so its providers skip `rate`.
+- `sj-torch`, `sj-triton`, `sj-cuda`: SpikingJelly's `LIFNode` (multi-step) with that implementation forced;
+  `sj-auto`: SpikingJelly's own choice (what its users get: its Triton kernels for fp32 on CUDA, its torch
+  implementation for bf16, which its kernels do not take). SpikingJelly has no rate spike pass, so its providers
+  skip `rate`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from kernels import lif_multistep, lif_rate, reference
 
 MODES = ("fwd", "fwd+bwd", "rate")
-PROVIDERS = ("triton", "reference", "compile", "sj-torch", "sj-triton", "sj-cuda")
+PROVIDERS = ("triton", "reference", "compile", "sj-torch", "sj-triton", "sj-cuda", "sj-auto")
 
 TAU, V_THRESHOLD, ALPHA = 2.0, 1.0, 4.0
 # The reference twins' positional neuron arguments: tau, th, v_reset (None = soft), decay_input, detach_reset,
@@ -152,7 +154,7 @@ _SJ_SELECTIONS: dict[str, tuple[dict, dict]] = {}
 
 @contextlib.contextmanager
 def spikingjelly_implementation(name: str, device: torch.device) -> Iterator[None]:
-    """Force SpikingJelly's LIF implementation `name` ("torch", "triton" or "cuda") on CUDA while inside.
+    """Force SpikingJelly's LIF implementation `name` ("torch", "triton", "cuda" or "auto") on CUDA while inside.
 
     SpikingJelly 2 picks its CUDA implementation once, from SJ_LIF_CUDA_IMPLEMENTATION read at import, and caches
     the choice per device. To compare implementations in one process the selection object is pointed at `name`

@@ -23,8 +23,8 @@ from bench.config import machine_slug
 RESULTS = Path(__file__).resolve().parent / "results"
 KERNEL_MODES = ("fwd", "fwd+bwd", "rate")
 TRAIN_MODES = ("bptt", "rate", "blockwise")
-PROVIDER_ORDER = ("triton", "reference", "compile", "sj-torch", "sj-triton", "sj-cuda")
-SJ_PROVIDERS = ("sj-torch", "sj-triton", "sj-cuda")
+PROVIDER_ORDER = ("triton", "reference", "compile", "sj-torch", "sj-triton", "sj-cuda", "sj-auto")
+SJ_PROVIDERS = ("sj-torch", "sj-triton", "sj-cuda", "sj-auto")
 STATS = ("median", "min", "mean")
 INFO_KEYS = ("device", "device_name", "scale", "torch", "threads", "cuda")
 TARGET_T = 16  # the training targets compare T=16 with T=1

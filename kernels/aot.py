@@ -87,12 +87,18 @@ def _neuron_option_grid():
 
 
 def _call_every_op(dtype: torch.dtype) -> None:
-    """Each op's Triton path once per option combination, on tiny CPU tensors (the launches are only recorded)."""
+    """Each op's Triton path once per option combination, on tiny CPU tensors (the launches are only recorded),
+    with T = 3 and T = 1 (Triton turns an int argument equal to 1 into a constant: another specialisation)."""
+    for n_steps in (3, 1):
+        _call_every_op_at(dtype, n_steps)
+
+
+def _call_every_op_at(dtype: torch.dtype, n_steps: int) -> None:
     from kernels import poisson_encode, rate_reduce
 
     ops = torch.ops.spikekd
-    x = torch.zeros(3, 2, 5, dtype=dtype)
-    expanded = torch.zeros(1, 2, 5, dtype=dtype).expand(3, 2, 5)
+    x = torch.zeros(n_steps, 2, 5, dtype=dtype)
+    expanded = torch.zeros(1, 2, 5, dtype=dtype).expand(n_steps, 2, 5)
     for options in _neuron_option_grid():
         args = options.op_args()
         for store_h in (True, False):
@@ -136,10 +142,13 @@ def _specialisation(kernel, args, constexprs, num_warps) -> Specialisation:
     runtime = [p.name for p in kernel.params if not p.is_constexpr]
     if len(runtime) != len(args):
         raise TypeError(f"{kernel.__name__} takes {len(runtime)} runtime arguments, the launcher passed {len(args)}")
-    signature = [(name, _type_of(value)) for name, value in zip(runtime, args)]
-    signature += [(name, "constexpr") for name in constexprs]
+    # As Triton's launcher does: an int equal to 1 is compiled as the constant 1.
+    ones = {name: 1 for name, value in zip(runtime, args) if type(value) is int and value == 1}
+    constants = dict(constexprs, **ones)
+    signature = [(name, _type_of(value)) for name, value in zip(runtime, args) if name not in ones]
+    signature += [(name, "constexpr") for name in constants]
     return Specialisation(
-        kernel.__module__, kernel.__name__, tuple(signature), tuple(sorted(constexprs.items())), num_warps
+        kernel.__module__, kernel.__name__, tuple(signature), tuple(sorted(constants.items())), num_warps
     )
 
 

@@ -27,9 +27,9 @@ import triton
 
 # (largest N, BLOCK, num_warps), first match wins.
 LAUNCH_SHAPES: tuple[tuple[int, int, int], ...] = (
-    (1 << 16, 256, 2),
     (1 << 20, 512, 4),
-    (1 << 62, 1024, 4),
+    (1 << 22, 2048, 8),
+    (1 << 62, 512, 2),
 )
 
 _RECORDING: list | None = None

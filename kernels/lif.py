@@ -90,7 +90,7 @@ def _lif_backward_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
     grad_offs = (offs // grad_cols) * grad_row_stride + (offs % grad_cols) * grad_col_stride
-    last = (n_steps - 1).to(tl.int64)
+    last = tl.cast(n_steps - 1, tl.int64)  # n_steps may arrive as the constant 1 (Triton specialises ints equal to 1)
     grad_spikes_ptr += last * grad_t_stride
     h_ptr += last * n_neurons
     if not SUM_OVER_T:

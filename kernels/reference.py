@@ -14,6 +14,7 @@ The neuron (docs/design.md), per element, with lam = 1 - 1/tau, V_0 = v_reset or
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -107,6 +108,7 @@ def _reset_differentiable(h, s, v_threshold, v_reset):
     return h - v_threshold * s if v_reset is None else (1.0 - s) * h + s * v_reset
 
 
+@functools.lru_cache(maxsize=64)
 def threshold_neighbours(v_threshold: float, dtype: torch.dtype) -> tuple[float, float]:
     """(the least value of `dtype` >= th, the greatest value of `dtype` < th), th rounded to fp32 as the kernels
     compare in fp32: where a potential stored in `dtype` must keep its spike or its rest."""

@@ -40,6 +40,13 @@ def _lif_forward_kernel(
     STORE_H: tl.constexpr,  # write H for the backward
     BLOCK: tl.constexpr,  # neurons per program
 ):
+    # fp32 scalars whatever the caller passes (torch.compile's generated launcher passes Python floats as fp64)
+    lam = tl.cast(lam, tl.float32)
+    inv_tau = tl.cast(inv_tau, tl.float32)
+    v_threshold = tl.cast(v_threshold, tl.float32)
+    v_reset = tl.cast(v_reset, tl.float32)
+    h_fired = tl.cast(h_fired, tl.float32)
+    h_rested = tl.cast(h_rested, tl.float32)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
     x_offs = (offs // x_cols) * x_row_stride + (offs % x_cols) * x_col_stride
@@ -87,6 +94,12 @@ def _lif_backward_kernel(
     SUM_OVER_T: tl.constexpr,  # the input was constant in time: write the gradient summed over T
     BLOCK: tl.constexpr,  # neurons per program
 ):
+    # fp32 scalars whatever the caller passes (torch.compile's generated launcher passes Python floats as fp64)
+    lam = tl.cast(lam, tl.float32)
+    input_gain = tl.cast(input_gain, tl.float32)
+    v_threshold = tl.cast(v_threshold, tl.float32)
+    v_reset = tl.cast(v_reset, tl.float32)
+    alpha = tl.cast(alpha, tl.float32)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
     grad_offs = (offs // grad_cols) * grad_row_stride + (offs % grad_cols) * grad_col_stride

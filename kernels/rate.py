@@ -46,6 +46,13 @@ def _lif_rate_kernel(
     SURROGATE: tl.constexpr,  # 0 sigmoid, 1 atan, 2 triangle
     BLOCK: tl.constexpr,  # neurons per program
 ):
+    # fp32 scalars whatever the caller passes (torch.compile's generated launcher passes Python floats as fp64)
+    lam = tl.cast(lam, tl.float32)
+    inv_tau = tl.cast(inv_tau, tl.float32)
+    input_gain = tl.cast(input_gain, tl.float32)
+    v_threshold = tl.cast(v_threshold, tl.float32)
+    v_reset = tl.cast(v_reset, tl.float32)
+    alpha = tl.cast(alpha, tl.float32)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
     x_offs = (offs // x_cols) * x_row_stride + (offs % x_cols) * x_col_stride

@@ -27,6 +27,9 @@ DTYPES = [
 
 # The kernels run on CUDA where there is one, else under the Triton interpreter on the CPU.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Surrogate values on CUDA: Triton's exp and PyTorch's CUDA sigmoid differ in the last bits (the interpreter and the
+# CPU twin both use numpy/PyTorch's CPU math).
+SURROGATE_RTOL = 1e-4 if DEVICE == "cuda" else 1e-5
 
 
 def _device(dtype):
@@ -119,7 +122,7 @@ def test_lif_rate_matches_reference(shape, v_reset, detach_reset, decay_input, s
     torch.testing.assert_close(spikes, lif_multistep(x, backend="reference", **kw), rtol=0, atol=0)
     assert rate.dtype == elig.dtype == torch.float32
     torch.testing.assert_close(rate, spikes.mean(0), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(elig, elig_ref, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(elig, elig_ref, rtol=SURROGATE_RTOL, atol=1e-7)
 
 
 @pytest.mark.parametrize("v_reset,detach_reset,decay_input,surrogate", GRID, ids=GRID_IDS)
@@ -142,7 +145,7 @@ def test_lif_rate_storage_dtypes(dtype, rtol, atol):
     assert spikes.dtype == dtype and rate.dtype == torch.float32
     torch.testing.assert_close(spikes, spikes_ref, rtol=0, atol=0)
     torch.testing.assert_close(rate, rate_ref, rtol=0, atol=0)
-    torch.testing.assert_close(elig, elig_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(elig, elig_ref, rtol=SURROGATE_RTOL, atol=1e-6)
 
 
 def test_lif_rate_non_contiguous_input():

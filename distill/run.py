@@ -13,6 +13,7 @@ from distill.checkpoint import CheckpointError
 from distill.config import parse_config
 from distill.datasets import DatasetError
 from distill.report import format_table, summary_rows
+from distill.run_folder import RunFolderError
 from distill.trainer import NonFiniteLossError, SetupError, train
 
 
@@ -20,7 +21,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(argv)
     try:
         results = train(cfg)
-    except (DatasetError, CheckpointError, NonFiniteLossError, SetupError) as error:
+    except (DatasetError, CheckpointError, NonFiniteLossError, SetupError, RunFolderError) as error:
+        raise SystemExit(f"error: {error}") from error
+    except OSError as error:  # a full or read-only disk, a file that vanished: the message names the file
         raise SystemExit(f"error: {error}") from error
     if "config" in results:  # rank 0
         print(format_table(summary_rows(results)))

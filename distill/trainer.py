@@ -16,8 +16,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +34,16 @@ from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mi
 from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
 from distill.memory import peak_resident_bytes
+from distill.run_folder import RunLock, check_run_folder, claim, clear_results, remove_temporary_files
 from models import HybridNet, create_model
 
 STAGES = ("teacher", "student")
 PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
-RUN_CONTROL = ("resume", "out", "threads", "progress", "device", "log_every")  # may change when resuming
+RUN_CONTROL = ("resume", "overwrite", "out", "progress", "device", "log_every")  # may change when resuming
+CHANGEABLE_ON_RESUME = {  # may change when resuming too, but then the run differs from one that never stopped
+    "lr": "the learning rate of the remaining steps",
+    "threads": "CPU reductions may round differently",
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,7 +88,8 @@ class Context:
 
 
 def setup(cfg: Config) -> Context:
-    """Process group (under torchrun), device, threads, data and run folder."""
+    """Process group (under torchrun), device, threads, data, and the architecture's check on one image. Writes
+    nothing: the run folder is claimed once every check has passed (``claim_run_folder``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -102,20 +108,20 @@ def setup(cfg: Config) -> Context:
     test = load_dataset(cfg.dataset, "test", root, cfg.download, size)
     if cfg.download and world_size > 1 and rank == 0:
         dist.barrier()
+    for flag, size, data in (("--train-subset", cfg.train_subset, train), ("--test-subset", cfg.test_subset, test)):
+        if size > len(data):
+            raise SetupError(
+                f"{flag} {size} is more than the {len(data)} samples of {cfg.dataset}'s split; pass 0 for all"
+            )
     train, test = train.subset(cfg.train_subset, cfg.seed), test.subset(cfg.test_subset, cfg.seed)
     if train.time_steps is not None and train.time_steps != cfg.time_steps:
         raise DatasetError(
             f"time_steps={cfg.time_steps} but the {cfg.dataset} samples have {train.time_steps} frames; "
             f"pass --time-steps {train.time_steps}"
         )
-    run_dir = cfg.run_dir
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
-            for name in ("checkpoint.pt", "metrics.jsonl", "teacher.pt", "student.pt", "results.json", "report.md"):
-                (run_dir / name).unlink(missing_ok=True)
-    check_input_size(cfg, train)
-    ctx = Context(cfg, device, rank, world_size, train, test, run_dir)
+    check_data_size(cfg, train, world_size)
+    check_models(cfg, train)
+    ctx = Context(cfg, device, rank, world_size, train, test, cfg.run_dir)
     ctx.barrier()
     return ctx
 
@@ -135,9 +141,24 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def check_input_size(cfg: Config, data: Dataset) -> None:
-    """Runs the ANN twin of `cfg.arch` on one blank image of the data set's size, so that images too small for the
-    architecture's downsampling stop the run here, with a way out, rather than at its first step."""
+def check_data_size(cfg: Config, train: Dataset, world_size: int) -> None:
+    """The batch options against the training set (after ``--train-subset``) and the number of processes."""
+    if cfg.batch_size > len(train):
+        raise SetupError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(train)} training samples of {cfg.dataset}; "
+            "pass a smaller --batch-size (or a larger --train-subset)"
+        )
+    if cfg.batch_size % (world_size * cfg.grad_accum):
+        raise SetupError(
+            f"--batch-size {cfg.batch_size} must be a multiple of the {world_size} processes x --grad-accum "
+            f"{cfg.grad_accum}"
+        )
+
+
+def check_models(cfg: Config, data: Dataset) -> None:
+    """Builds the ANN, the SNN and (blockwise) the hybrid of ``cfg`` and runs the ANN on one blank image of the data
+    set's size, so that options the architecture cannot take (images too small for its downsampling, splits past its
+    stages, an alignment that cannot map its channels) stop the run here, before any training."""
     height, width = data.sample_shape[-2:]
     net = build_model(cfg, "ann", data).eval()
     try:
@@ -149,6 +170,12 @@ def check_input_size(cfg: Config, data: Dataset) -> None:
             "architecture for small images (tiny_resnet, tiny_vgg) or, for imagenet and cifar10_dvs, a larger "
             "--image-size"
         ) from error
+    try:
+        student = build_model(cfg, "snn", data)
+        if cfg.method == "blockwise":
+            HybridNet(student, net, splits=cfg.split_list, align=cfg.align)
+    except ValueError as error:
+        raise SetupError(f"--arch {cfg.arch}: {error}") from error
 
 
 def build_model(cfg: Config, kind: str, data: Dataset) -> nn.Module:
@@ -170,6 +197,14 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter], total_steps: int):
     else:
         factor = lambda step: 1.0
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """Makes ``lr`` the peak of the schedule from its current step on (what a changed ``--lr`` does on resume)."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -247,6 +282,7 @@ def fit(
         module.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        set_base_lr(optimizer, scheduler, cfg.lr)  # --resume may lower it
         set_rng_state(resume["rng"])
         step, elapsed, history = resume["step"], resume["elapsed"], resume["history"]
     net = module
@@ -372,42 +408,85 @@ def load_teacher(path: str | Path, teacher: nn.Module) -> None:
 
 
 def resumed_config(cfg: Config) -> tuple[Config, dict]:
-    """The checkpoint to resume from, and the run's saved options (which win over the given ones, except the
-    options in ``RUN_CONTROL``, so that ``--resume --out DIR`` is enough to continue a run exactly)."""
+    """The checkpoint to resume from, and the run's saved options. They win over the given ones, except the options
+    in ``RUN_CONTROL`` and ``CHANGEABLE_ON_RESUME`` (``python -m distill.run --resume`` starts from the saved options,
+    so ``--resume --out DIR`` is enough to continue a run exactly). A changed lr or thread count is said out loud."""
     path = cfg.run_dir / "checkpoint.pt"
     if not path.exists():
         raise CheckpointError(f"--resume: no checkpoint {path}; run without --resume to start this run")
     checkpoint = load_checkpoint(path)
-    saved = {k: v for k, v in checkpoint["config"].items() if k not in RUN_CONTROL}
-    ignored = sorted(k for k, v in saved.items() if getattr(cfg, k) != v)
-    if ignored and int(os.environ.get("RANK", "0")) == 0:
-        print(f"--resume: continuing with the options saved in {path}; ignoring the given {ignored}", file=sys.stderr)
-    return Config.from_dict({**cfg.to_dict(), **saved}), checkpoint
+    saved = {k: v for k, v in checkpoint["config"].items() if k not in RUN_CONTROL and k in cfg.to_dict()}
+    changed = {k: v for k, v in saved.items() if k in CHANGEABLE_ON_RESUME and getattr(cfg, k) != v}
+    ignored = sorted(k for k, v in saved.items() if k not in CHANGEABLE_ON_RESUME and getattr(cfg, k) != v)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if ignored:
+            print(
+                f"--resume: continuing with the options saved in {path}; ignoring the given {ignored}", file=sys.stderr
+            )
+        for name, old in changed.items():
+            new = getattr(cfg, name)
+            print(
+                f"--resume: {name} {new} instead of the run's {old} ({CHANGEABLE_ON_RESUME[name]}): the result will "
+                "differ from a run that never stopped",
+                file=sys.stderr,
+            )
+    kept = {k: v for k, v in saved.items() if k not in CHANGEABLE_ON_RESUME}
+    return Config.from_dict({**cfg.to_dict(), **kept}), checkpoint
 
 
 def train(cfg: Config) -> dict:
-    """Runs the whole job described by ``cfg``; returns the summary also written to ``results.json``."""
+    """Runs the whole job described by ``cfg``; returns the summary also written to ``results.json``.
+
+    Every check (options, run folder, data, architecture, teacher checkpoint) comes before the run folder changes;
+    then it is claimed and locked for the rest of the run."""
+    check_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite)
     resume = None
     if cfg.resume:
         cfg, resume = resumed_config(cfg)
     ctx = setup(cfg)
-    run_dir, device = ctx.run_dir, ctx.device
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg, "ann", ctx.train).to(ctx.device)
+    if cfg.teacher:
+        load_teacher(cfg.teacher, teacher)
+    with claim_run_folder(ctx):
+        return _train(ctx, resume, teacher)
+
+
+@contextmanager
+def claim_run_folder(ctx: Context) -> Iterator[None]:
+    """On rank 0: makes the run folder SpikeKD's, holds its lock, and clears what a fresh run replaces (never the
+    teacher checkpoint it loads); on resume, removes only the temporary files of a killed write."""
+    cfg = ctx.cfg
+    if not ctx.is_main:
+        ctx.barrier()
+        yield
+        return
+    claim(ctx.run_dir)
+    with RunLock(ctx.run_dir):
+        if cfg.resume:
+            removed = remove_temporary_files(ctx.run_dir)
+        else:
+            removed = clear_results(ctx.run_dir, keep=Path(cfg.teacher) if cfg.teacher else None)
+        if removed:
+            print(f"{ctx.run_dir}: removed {', '.join(removed)} (of an earlier run)", file=sys.stderr)
+        ctx.barrier()
+        yield
+
+
+def _train(ctx: Context, resume: dict | None, teacher: nn.Module) -> dict:
+    cfg, run_dir, device = ctx.cfg, ctx.run_dir, ctx.device
     if resume is not None:
         _truncate_metrics(ctx, resume["stage"], resume["step"])
     if ctx.is_main:
         (run_dir / "config.toml").write_text(cfg.to_toml())
     eval_index = eval_shard(len(ctx.test), ctx.rank, ctx.world_size)
 
-    torch.manual_seed(cfg.seed)
-    teacher = build_model(cfg, "ann", ctx.train).to(device)
     teacher_eval = lambda: accuracy(teacher, ctx.test, device, cfg.eval_batch_size, eval_index, ctx.autocast)
-    teacher_summary: dict = {}
-    if cfg.teacher:
-        load_teacher(cfg.teacher, teacher)
-    elif resume is not None and resume["stage"] == "student":
+    teacher_summary: dict = {}  # a --teacher checkpoint was loaded by train(), before the run folder changed
+    if not cfg.teacher and resume is not None and resume["stage"] == "student":
         load_teacher(run_dir / "teacher.pt", teacher)
         teacher_summary = load_checkpoint(run_dir / "teacher.pt").get("summary", {})
-    else:
+    elif not cfg.teacher:
         teacher_resume = resume if resume is not None and resume["stage"] == "teacher" else None
         params = list(teacher.parameters())
         teacher_summary = fit(

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +28,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from distill.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from distill.checkpoint import (
+    CheckpointError,
+    NonFiniteCheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from distill.config import Config
 from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_flip
 from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
@@ -35,6 +43,7 @@ from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
 from distill.memory import peak_resident_bytes
 from distill.run_folder import RunLock, check_run_folder, claim, clear_results, remove_temporary_files
+from distill.signals import Interrupted, StopSignals
 from models import HybridNet, create_model
 
 STAGES = ("teacher", "student")
@@ -47,7 +56,8 @@ CHANGEABLE_ON_RESUME = {  # may change when resuming too, but then the run diffe
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped before applying that step."""
+    """The loss, the gradient or the state became NaN or infinite; the run stopped without applying or saving it, and
+    the message names the last checkpoint, which is finite."""
 
 
 class SetupError(RuntimeError):
@@ -65,6 +75,8 @@ class Context:
     train: Dataset
     test: Dataset
     run_dir: Path
+    stop: StopSignals = field(default_factory=StopSignals)  # SIGINT / SIGTERM received while training
+    last_checkpoint: str = ""  # the last checkpoint written (all of them are finite), for the messages of a stop
 
     @property
     def is_main(self) -> bool:
@@ -285,6 +297,7 @@ def fit(
         set_base_lr(optimizer, scheduler, cfg.lr)  # --resume may lower it
         set_rng_state(resume["rng"])
         step, elapsed, history = resume["step"], resume["elapsed"], resume["history"]
+        ctx.last_checkpoint = f"{ctx.run_dir / 'checkpoint.pt'} ({stage} stage, step {step})"
     net = module
     if ctx.world_size > 1:
         net = DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -303,7 +316,13 @@ def fit(
                 rng=rng_state(),
                 config=cfg.to_dict(),
             )
-            save_checkpoint(ctx.run_dir / "checkpoint.pt", state)
+            path = ctx.run_dir / "checkpoint.pt"
+            try:
+                save_checkpoint(path, state)
+            except NonFiniteCheckpointError as error:
+                bar.close()
+                raise NonFiniteLossError(f"{stage} stage, step {step}: {error}. {last_good(ctx)}") from error
+            ctx.last_checkpoint = f"{path} ({stage} stage, step {step})"
         ctx.barrier()
 
     show = {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg.progress] and ctx.is_main
@@ -330,20 +349,27 @@ def fit(
                 loss = loss_fn(net, x, y, generator)
             (loss / len(parts)).backward()
             loss_sum += loss.detach().double()
-        if ctx.world_size > 1:
-            dist.all_reduce(loss_sum)
+        stop_on_any_rank = False
+        if ctx.world_size > 1:  # with the loss, whether a rank got a signal: all ranks stop at the same step
+            stop_flag = torch.tensor(float(ctx.stop.requested), dtype=torch.float64, device=ctx.device)
+            reduced = torch.stack([loss_sum, stop_flag])
+            dist.all_reduce(reduced)
+            loss_sum, stop_on_any_rank = reduced[0], bool(reduced[1] > 0)
         loss_value = float(loss_sum) / (len(parts) * ctx.world_size)
         if not math.isfinite(loss_value):
             bar.close()
-            where = ctx.run_dir / "checkpoint.pt"
             raise NonFiniteLossError(
                 f"{stage} stage: the loss is {loss_value} at step {step + 1} (epoch {epoch + 1}); stopped before "
-                f"applying it. The last good checkpoint is {where}"
-                + ("" if where.exists() else " (none written yet)")
-                + "; try a lower --lr, --grad-clip or --amp off."
+                f"applying it. {last_good(ctx)}"
             )
         if cfg.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            if not math.isfinite(grad_norm):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"{stage} stage: the gradient's norm is {grad_norm} at step {step + 1} (epoch {epoch + 1}); "
+                    f"stopped before applying it. {last_good(ctx)}"
+                )
         else:
             grad_norm = float("nan")
         lr = optimizer.param_groups[0]["lr"]
@@ -361,8 +387,17 @@ def fit(
             acc = evaluate()
             history.append(dict(epoch=epoch + 1, step=step, test_acc=acc))
             ctx.log(dict(stage=stage, step=step, epoch=epoch + 1, test_acc=acc, time=round(elapsed, 3)))
-        if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        stop_requested = stop_on_any_rank if ctx.world_size > 1 else ctx.stop.requested
+        if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_requested:
             checkpoint(done=step == total)
+        if stop_requested:
+            bar.close()
+            signum = ctx.stop.signum or signal.SIGTERM  # a rank that did not see the signal stops with the others
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} after {stage} step {step} of {total}; checkpoint written: "
+                f"{ctx.last_checkpoint}. Continue with: python -m distill.run --resume --out {ctx.run_dir}",
+                signum,
+            )
     bar.close()
     if resume is None and total == 0:
         checkpoint(done=True)
@@ -370,6 +405,16 @@ def fit(
 
 
 # ----------------------------------------------------------------------------------------------- the run
+
+
+def last_good(ctx: Context) -> str:
+    """Where a run stopped on non-finite values can resume from."""
+    if not ctx.last_checkpoint:
+        return "No checkpoint was written yet; try a lower --lr, --grad-clip or --amp off."
+    return (
+        f"The last checkpoint, which is finite, is {ctx.last_checkpoint}: resume from it with a lower --lr "
+        f"(python -m distill.run --resume --out {ctx.run_dir} --lr ...), or try --grad-clip or --amp off."
+    )
 
 
 def _truncate_metrics(ctx: Context, stage: str, step: int) -> None:
@@ -448,7 +493,7 @@ def train(cfg: Config) -> dict:
     teacher = build_model(cfg, "ann", ctx.train).to(ctx.device)
     if cfg.teacher:
         load_teacher(cfg.teacher, teacher)
-    with claim_run_folder(ctx):
+    with claim_run_folder(ctx), ctx.stop:
         return _train(ctx, resume, teacher)
 
 

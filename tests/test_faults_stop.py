@@ -193,3 +193,38 @@ def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path):
     assert not stray.exists() and "removed .checkpoint.pt.k1ll3d.tmp" in resumed.stderr
     a, b = load_checkpoint(whole / "student.pt")["model"], load_checkpoint(stopped / "student.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+# Runs distill.run and SIGKILLs itself inside the 6th checkpoint write (the student's step 6, with --checkpoint-every
+# 3), after its bytes went to the temporary file and before the rename.
+KILL_IN_WRITE = """
+import os, signal, sys
+import distill.checkpoint
+calls = {"n": 0}
+fsync = os.fsync
+def fsync_then_die(fd):
+    fsync(fd)
+    calls["n"] += 1
+    if calls["n"] == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+distill.checkpoint.os.fsync = fsync_then_die
+from distill.run import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_inside_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    args = [*QUICK, "--teacher-epochs", "1", "--epochs", "1", "--checkpoint-every", "3"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    reference = subprocess.Popen([sys.executable, "-m", "distill.run", *args, "--out", str(whole)], env=env)
+    victim = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, *args, "--out", str(killed)], env=env)
+    assert victim.returncode == -signal.SIGKILL
+    assert [p.name.startswith(".checkpoint.pt.") for p in killed.glob("*.tmp")] == [True]
+    assert_finite_checkpoint(killed / "checkpoint.pt", "student", 3)
+    resumed = subprocess.run([sys.executable, "-m", "distill.run", "--resume", "--out", str(killed)], env=env)
+    assert resumed.returncode == 0 and reference.wait(timeout=300) == 0
+    assert not list(killed.glob("*.tmp"))
+    a, b = load_checkpoint(whole / "student.pt")["model"], load_checkpoint(killed / "student.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,21 @@ def logged(run: Path, stage: str) -> dict[int, dict]:
     return {x["step"]: x for x in lines if x["stage"] == stage and "loss" in x}
 
 
+def test_metrics_written_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    """A killed run logged steps past its last checkpoint; resuming from it drops them (and a line cut by the kill),
+    so that every step appears once."""
+    lines = [{"stage": "teacher", "step": s, "loss": 1.0} for s in range(1, 9)]
+    lines += [{"stage": "teacher", "step": 8, "test_acc": 0.5}]
+    lines += [{"stage": "student", "step": s, "loss": 1.0} for s in range(1, 7)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"stage": "stu')
+    ctx = types.SimpleNamespace(run_dir=tmp_path, is_main=True)
+    distill.trainer._truncate_metrics(ctx, "student", 4)
+    kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == lines[:13]
+    distill.trainer._truncate_metrics(ctx, "teacher", 5)
+    assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == lines[:5]
+
+
 def test_resume_with_a_lower_lr_says_so_and_uses_it(tmp_path, monkeypatch, capsys):
     args = [*QUICK, "--teacher-epochs", "1", "--epochs", "1", "--log-every", "1"]
     main([*args, "--out", str(tmp_path / "whole")])
@@ -111,12 +127,16 @@ def test_resume_with_a_lower_lr_says_so_and_uses_it(tmp_path, monkeypatch, capsy
         main([*args, "--out", str(stopped)])
     monkeypatch.undo()
     capsys.readouterr()
+    stray = stopped / ".checkpoint.pt.k1ll3d.tmp"  # as a write killed half-way leaves it
+    stray.write_bytes(b"half a checkpoint")
     main(["--out", str(stopped), "--resume", "--lr", "0.01", "--threads", "2", "--progress", "off"])
     err = capsys.readouterr().err
+    assert not stray.exists() and "removed .checkpoint.pt.k1ll3d.tmp" in err
     assert "--resume: lr 0.01 instead of the run's 0.1 (the learning rate of the remaining steps)" in err
     assert "--resume: threads 2 instead of the run's 1 (CPU reductions may round differently)" in err
     whole, resumed = logged(tmp_path / "whole", "student"), logged(stopped, "student")
-    assert sorted(resumed) == list(range(1, 9))
+    lines = [json.loads(x) for x in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["stage"] == "student" and "loss" in x] == list(range(1, 9))  # each once
     for step in range(1, 9):
         expected = whole[step]["lr"] / (10 if step > 3 else 1)
         assert resumed[step]["lr"] == pytest.approx(expected, rel=1e-12), step

@@ -261,6 +261,39 @@ def test_each_step_applies_the_scheduled_learning_rate(tmp_path, monkeypatch, sc
     assert logged == applied
 
 
+def gradients_at_each_step(monkeypatch) -> list[float]:
+    """The global norm of the gradient each ``optimizer.step()`` call applies."""
+    norms = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return norms
+
+
+def test_the_gradient_is_clipped_before_it_is_applied(tmp_path, monkeypatch):
+    norms = gradients_at_each_step(monkeypatch)
+    args = [*QUICK, "--teacher-epochs", "1", "--epochs", "0", "--grad-clip", "0.05", "--log-every", "1"]
+    train(parse_config([*args, "--out", str(tmp_path)]))
+    logged = [line["grad_norm"] for line in metrics(tmp_path) if "loss" in line]
+    assert len(norms) == 8 and all(n <= 0.05 * (1 + 1e-5) for n in norms)
+    assert all(n > 0.05 for n in logged)  # the log keeps the norm before clipping
+
+
+def test_micro_batches_average_their_gradients(tmp_path, monkeypatch):
+    """Two micro-batches of 16 give about the gradient of one batch of 32 (BatchNorm's statistics differ a little),
+    not twice it."""
+    norms = gradients_at_each_step(monkeypatch)
+    args = [*QUICK, "--teacher-epochs", "1", "--epochs", "0", "--grad-clip", "0", "--max-steps", "1"]
+    for accum in (1, 2):
+        train(parse_config([*args, "--grad-accum", str(accum), "--out", str(tmp_path / str(accum))]))
+    assert len(norms) == 2 and 0.8 < norms[1] / norms[0] < 1.25
+
+
 def metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -291,6 +324,13 @@ def test_crop_offsets_are_drawn_per_axis():
     centre = out[:, 0, side // 2, side // 2].long() - 1  # the source pixel now at the centre
     offsets = {(int(v) // side - side // 2, int(v) % side - side // 2) for v in centre}
     assert offsets == {(dy, dx) for dy in range(-padding, padding + 1) for dx in range(-padding, padding + 1)}
+
+
+def test_half_of_the_samples_are_mirrored():
+    image = torch.arange(4.0).view(1, 1, 1, 4).repeat(4000, 1, 1, 1)
+    out = random_crop_flip(image, 0, True, torch.Generator().manual_seed(0))
+    mirrored = (out[:, 0, 0, 0] == 3).float().mean().item()
+    assert torch.equal(out[:, 0, 0, 0] == 3, out[:, 0, 0, 3] == 0) and 0.46 < mirrored < 0.54
 
 
 def test_batches_are_normalised_by_dividing_by_std():

@@ -41,7 +41,7 @@ from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_fl
 from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
 from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
-from distill.memory import peak_resident_bytes
+from distill.memory import available_memory_bytes, peak_resident_bytes
 from distill.run_folder import RunLock, check_run_folder, claim, clear_results, remove_temporary_files
 from distill.signals import Interrupted, StopSignals
 from models import HybridNet, create_model
@@ -120,10 +120,10 @@ def setup(cfg: Config) -> Context:
     test = load_dataset(cfg.dataset, "test", root, cfg.download, size)
     if cfg.download and world_size > 1 and rank == 0:
         dist.barrier()
-    for flag, size, data in (("--train-subset", cfg.train_subset, train), ("--test-subset", cfg.test_subset, test)):
-        if size > len(data):
+    for flag, asked, data in (("--train-subset", cfg.train_subset, train), ("--test-subset", cfg.test_subset, test)):
+        if asked > len(data):
             raise SetupError(
-                f"{flag} {size} is more than the {len(data)} samples of {cfg.dataset}'s split; pass 0 for all"
+                f"{flag} {asked} is more than the {len(data)} samples of {cfg.dataset}'s split; pass 0 for all"
             )
     train, test = train.subset(cfg.train_subset, cfg.seed), test.subset(cfg.test_subset, cfg.seed)
     if train.time_steps is not None and train.time_steps != cfg.time_steps:
@@ -134,6 +134,7 @@ def setup(cfg: Config) -> Context:
     check_data_size(cfg, train, world_size)
     check_models(cfg, train)
     ctx = Context(cfg, device, rank, world_size, train, test, cfg.run_dir)
+    check_memory(ctx)
     ctx.barrier()
     return ctx
 
@@ -188,6 +189,60 @@ def check_models(cfg: Config, data: Dataset) -> None:
             HybridNet(student, net, splits=cfg.split_list, align=cfg.align)
     except ValueError as error:
         raise SetupError(f"--arch {cfg.arch}: {error}") from error
+
+
+def check_memory(ctx: Context) -> None:
+    """Estimates each stage's training memory and refuses options that need more than the device has free, before
+    any training: the model's weights, gradients and momentum, plus the tensors a forward pass keeps for backward,
+    measured on 2 samples and scaled to the micro-batch (what they keep grows in proportion to it)."""
+    cfg, device = ctx.cfg, ctx.device
+    micro = cfg.batch_size // (ctx.world_size * cfg.grad_accum)
+    available = available_memory_bytes(device)
+    if available is None:
+        return
+    teacher = build_model(cfg, "ann", ctx.train).to(device)
+    stages = {"student": build_model(cfg, "snn", ctx.train).to(device)}
+    if cfg.method == "blockwise":
+        stages["student"] = HybridNet(stages["student"], teacher, cfg.split_list, cfg.align)
+    if not cfg.teacher:
+        stages["teacher"] = build_model(cfg, "ann", ctx.train).to(device)
+    for stage, module in stages.items():
+        state = 3 * sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+        per_sample = saved_for_backward_bytes(ctx, module, samples=2) / 2
+        needed = state + per_sample * micro
+        if needed > available:
+            gib = 2**30
+            raise SetupError(
+                f"the {stage} stage's training step at --time-steps {cfg.time_steps} with micro-batches of {micro} "
+                f"samples (--batch-size {cfg.batch_size} / {ctx.world_size} processes / --grad-accum "
+                f"{cfg.grad_accum}) needs about {needed / gib:.1f} GiB ({per_sample / 2**20:.1f} MiB a sample), but "
+                f"{device} has {available / gib:.1f} GiB free; raise --grad-accum, or lower --batch-size or "
+                "--time-steps"
+            )
+
+
+def saved_for_backward_bytes(ctx: Context, module: nn.Module, samples: int) -> int:
+    """The bytes of the tensors (other than parameters) that a training forward pass of ``module`` on ``samples``
+    training samples keeps for its backward pass, each storage counted once."""
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    kept: dict[int, int] = {}
+
+    def keep(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    x, _ = ctx.train.batch(torch.arange(samples), ctx.device)
+    is_ann = getattr(module, "kind", "snn") == "ann"  # a HybridNet runs the SNN's modes
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.autocast):
+            if is_ann:
+                module(model_input(x, "ann"))
+            else:
+                module(model_input(x, "snn"), mode=ctx.cfg.train_mode)
+    return sum(kept.values())
 
 
 def build_model(cfg: Config, kind: str, data: Dataset) -> nn.Module:

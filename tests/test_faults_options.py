@@ -4,12 +4,16 @@ before any work (no run folder, no teacher stage)."""
 import dataclasses
 import math
 import re
+from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import distill.trainer
 from distill.config import ACCEPTED, Config, parse_config
+from distill.datasets import load_dataset
 from distill.run import main
 
 QUICK = ["--train-subset", "64", "--test-subset", "32", "--batch-size", "32", "--threads", "1", "--progress", "off"]
@@ -84,3 +88,35 @@ def test_bad_config_files(tmp_path, toml, message):
     path.write_text(toml)
     with pytest.raises(SystemExit, match=message):
         parse_config(["--config", str(path)])
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def test_options_that_cannot_fit_in_memory_are_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(distill.trainer, "available_memory_bytes", lambda device: 2**20)
+    out = tmp_path / "run"
+    message = (
+        r"the student stage's training step at --time-steps 4 with micro-batches of 16 samples \(--batch-size 32 / "
+        r"1 processes / --grad-accum 2\) needs about .* GiB .* but cpu has 0.0 GiB free; raise --grad-accum"
+    )
+    with pytest.raises(SystemExit, match=message):
+        main([*QUICK, "--grad-accum", "2", "--out", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("train_mode", ["bptt", "rate"])
+def test_the_memory_estimate_grows_in_proportion_to_the_batch_and_time_steps(train_mode):
+    """What a forward pass keeps for backward, the estimate's basis, is linear in the samples (so 2 samples predict
+    a micro-batch); in BPTT it grows with T, in rate mode it does not."""
+    data = load_dataset("digits", "train")
+
+    def saved(samples, time_steps):
+        cfg = Config(time_steps=time_steps, train_mode=train_mode, device="cpu")
+        ctx = distill.trainer.Context(cfg, torch.device("cpu"), 0, 1, data, data, Path("unused"))
+        torch.manual_seed(0)
+        return distill.trainer.saved_for_backward_bytes(ctx, distill.trainer.build_model(cfg, "snn", data), samples)
+
+    assert saved(32, 4) == pytest.approx(16 * saved(2, 4), rel=0.05)
+    growth = saved(8, 16) / saved(8, 4)
+    assert growth > 3 if train_mode == "bptt" else growth < 1.5

@@ -34,8 +34,9 @@ class RunFolderError(RuntimeError):
     """The run folder cannot be used: someone else's files, a finished run, another run in it, or no permission."""
 
 
-def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Raises ``RunFolderError`` unless a run may write into ``run_dir``; reads only, changes nothing."""
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool, lock_held: bool = False) -> None:
+    """Raises ``RunFolderError`` unless a run may write into ``run_dir``; reads only, changes nothing. ``lock_held``:
+    this process holds the folder's lock (the check is repeated then, as the folder may have changed meanwhile)."""
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
@@ -49,7 +50,7 @@ def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
             f"--out {run_dir} holds files SpikeKD did not write ({shown}); SpikeKD writes only into a new or empty "
             "folder or one of its own run folders. Pass another --out."
         )
-    if LOCK in entries:
+    if LOCK in entries and not lock_held:
         RunLock(run_dir).check_free()
     results = [name for name in RESULT_FILES if name in entries and name != "config.toml"]
     if results and not resume and not overwrite:

@@ -563,6 +563,7 @@ def claim_run_folder(ctx: Context) -> Iterator[None]:
         return
     claim(ctx.run_dir)
     with RunLock(ctx.run_dir):
+        check_run_folder(ctx.run_dir, cfg.resume, cfg.overwrite, lock_held=True)  # another run may have ended here
         if cfg.resume:
             removed = remove_temporary_files(ctx.run_dir)
         else:

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import distill.trainer
 from distill.config import parse_config
 from distill.run import main
 from distill.run_folder import LOCK, MARKER, RESULT_FILES, RunFolderError, RunLock
@@ -190,6 +191,21 @@ def test_a_reused_pid_does_not_hold_the_lock(tmp_path):
     (out / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "-1"}))
     with RunLock(out):
         assert json.loads((out / LOCK).read_text())["pid"] == os.getpid()
+
+
+def test_results_that_appear_before_the_lock_is_taken_are_kept(tmp_path, monkeypatch):
+    """Another run ends in the folder between this run's first check and its lock: checked again under the lock."""
+    out = tmp_path / "run"
+    real_claim = distill.trainer.claim
+
+    def claim_after_another_run_finished(run_dir):
+        real_claim(run_dir)
+        (run_dir / "results.json").write_text('{"from": "the other run"}')
+
+    monkeypatch.setattr(distill.trainer, "claim", claim_after_another_run_finished)
+    with pytest.raises(SystemExit, match="holds a run"):
+        main([*QUICK, "--out", str(out)])
+    assert (out / "results.json").read_text() == '{"from": "the other run"}' and not (out / LOCK).exists()
 
 
 @pytest.mark.slow

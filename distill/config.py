@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distill.run_folder import MARKER as RUN_FOLDER_MARKER
@@ -117,7 +118,8 @@ class Config:
     def __post_init__(self):
         """Checks every option and their combinations, so that a bad one stops the run before any work."""
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value = _plain(getattr(self, f.name))
+            setattr(self, f.name, value)  # numpy scalars as Python numbers, so that the saved config reads back
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ValueError(f"{_flag(f)} must be one of {list(choices)}, got {value!r}")
@@ -168,10 +170,15 @@ class Config:
         types = {"bool": (bool,), "int": (int,), "float": (float, int), "str": (str,)}
         for f in dataclasses.fields(cls):
             if f.name in values:
-                value = values[f.name]
+                value = _plain(values[f.name])
                 if not isinstance(value, types[str(f.type)]) or (f.type != "bool" and isinstance(value, bool)):
                     raise ValueError(f"{f.name} must be a {f.type}, got {value!r}")
         return cls(**values)
+
+
+def _plain(value):
+    """A numpy scalar (``np.float32(0.1)``, ``np.int64(3)``, ``np.bool_``) as the Python number it holds."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _toml_value(value) -> str:

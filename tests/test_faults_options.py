@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -71,6 +72,17 @@ def test_every_numeric_option_refuses_negative_and_non_finite_values(data, name)
 @given(name=st.sampled_from(sorted(ACCEPTED)))
 def test_defaults_are_accepted(name):
     assert ACCEPTED[name][0](getattr(Config(), name))
+
+
+def test_numpy_scalars_are_taken_as_python_numbers(tmp_path):
+    cfg = Config(lr=np.float32(0.5), seed=np.int64(3), augment=np.bool_(False), max_steps=np.uint8(2))
+    assert (cfg.lr, cfg.seed, cfg.augment, cfg.max_steps) == (0.5, 3, False, 2)
+    assert type(cfg.lr) is float and type(cfg.seed) is int and type(cfg.augment) is bool
+    assert Config.from_dict({"lr": np.float64(0.25), "epochs": np.int32(4)}) == Config(lr=0.25, epochs=4)
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    assert parse_config(["--config", str(tmp_path / "c.toml")]) == cfg
+    with pytest.raises(ValueError, match="--lr must be a finite number > 0, got -1.0"):
+        Config(lr=np.float64(-1))
 
 
 @pytest.mark.parametrize(

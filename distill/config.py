@@ -126,6 +126,8 @@ class Config:
             accepted = ACCEPTED.get(f.name)
             if accepted is not None and not accepted[0](value):
                 raise ValueError(f"{_flag(f)} must be {accepted[1]}, got {value!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         if self.batch_size % self.grad_accum:
             raise ValueError(
                 f"--batch-size {self.batch_size} must be a multiple of --grad-accum {self.grad_accum} "

@@ -41,6 +41,7 @@ QUICK = ["--train-subset", "64", "--test-subset", "32", "--batch-size", "32", "-
         (["--splits", "1,x"], "--splits must be distinct stage indices >= 1"),
         (["--splits", "1,1"], "--splits must be distinct stage indices >= 1"),
         (["--splits", "9"], r"--arch tiny_resnet: splits must be distinct ints in \[1, 2\] \(K=3 stages\), got \[9\]"),
+        (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite replaces it"),
         (["--batch-size", "4096"], "--batch-size 4096 is larger than the 64 training samples of digits"),
         (["--train-subset", "5000"], "--train-subset 5000 is more than the 1438 samples"),
         (["--test-subset", "5000"], "--test-subset 5000 is more than the 359 samples"),

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.datasets.base import Dataset, corrupt, missing
+from distill.datasets.folder import check_same_classes
 
 DVS_DIR = Path.home() / ".cache" / "spikekd" / "cifar10_dvs"
 TRAIN_FRACTION = 0.9
@@ -48,6 +49,9 @@ class _FrameLoader:
             raise corrupt("cifar10_dvs", path, str(error) or type(error).__name__, _HOW) from error
         if frames.ndim != 4 or frames.shape[1] != 2:
             raise corrupt("cifar10_dvs", path, f"frames of shape {frames.shape}, expected [T, 2, H, W]", _HOW)
+        if frames.dtype.kind not in "iuf" or not np.isfinite(frames).all() or (frames < 0).any():
+            why = f"sample {i}: frames must be finite event counts >= 0, got {frames.dtype} values"
+            raise corrupt("cifar10_dvs", path, why, _HOW)
         x = torch.from_numpy(frames.astype(np.float32))
         x = x / x.amax().clamp_min(1.0)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
@@ -63,6 +67,7 @@ def load_dvs(split: str, root: Path | None = None, image_size: int = 48) -> Data
     if not base.is_dir():
         raise missing("cifar10_dvs", root, _HOW)
     classes = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in ("train", "test"))
+    check_same_classes("cifar10_dvs", root / "train", base, classes, _HOW)
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (base / name).iterdir() if p.suffix in (".npz", ".npy"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.datasets.base import Dataset, DatasetError, missing
+from distill.datasets.base import Dataset, DatasetError, corrupt, missing
 
 IMAGENET_DIR = Path.home() / ".cache" / "spikekd" / "imagenet"
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
@@ -24,6 +24,13 @@ class _ImageLoader:
         self.paths, self.size = paths, size
 
     def __call__(self, i: int) -> torch.Tensor:
+        try:
+            return self._read(i)
+        except (OSError, ValueError, SyntaxError) as error:  # not an image, truncated, unreadable
+            why = f"sample {i} is not a readable image: {error}"
+            raise corrupt("imagenet", self.paths[i], why, "Remove or replace the file.") from error
+
+    def _read(self, i: int) -> torch.Tensor:
         from PIL import Image
 
         with Image.open(self.paths[i]) as image:
@@ -36,6 +43,20 @@ class _ImageLoader:
             left, top = (w - self.size) // 2, (h - self.size) // 2
             image = image.crop((left, top, left + self.size, top + self.size))
             return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def check_same_classes(name: str, train_folder: Path, folder: Path, classes: list[str], how: str) -> None:
+    """A split's class folders must be the training split's: a class missing from one shifts every label after it."""
+    if folder == train_folder or not train_folder.is_dir():
+        return
+    train_classes = sorted(d.name for d in train_folder.iterdir() if d.is_dir())
+    if classes != train_classes:
+        missing_here = sorted(set(train_classes) - set(classes))
+        extra_here = sorted(set(classes) - set(train_classes))
+        raise DatasetError(
+            f"{name}: the classes of {folder} differ from those of {train_folder} (missing: {missing_here[:5]}, "
+            f"extra: {extra_here[:5]}), so the labels would not match between the splits. {how}"
+        )
 
 
 def load_image_folder(split: str, root: Path | None = None, image_size: int = 224) -> Dataset:
@@ -51,6 +72,7 @@ def load_image_folder(split: str, root: Path | None = None, image_size: int = 22
     if folder is None:
         raise missing("imagenet", folders, _HOW)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    check_same_classes("imagenet", root / "train", folder, classes, _HOW)
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (folder / name).iterdir() if p.suffix in EXTENSIONS)

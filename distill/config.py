@@ -28,6 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
 METHODS = ("direct", "kd", "ckd", "blockwise")
 RUN_LOCATION = ("out", "resume", "overwrite")  # where a run writes: never taken from a run folder's saved config
 TRAIN_MODES = ("bptt", "rate")
+INITS = ("scratch", "teacher")
 
 
 _AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
@@ -38,6 +39,7 @@ _NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 ACCEPTED = {
     **dict.fromkeys(("time_steps", "batch_size", "grad_accum", "eval_batch_size", "log_every"), _AT_LEAST_1),
     **dict.fromkeys(("epochs", "teacher_epochs", "max_steps", "checkpoint_every", "threads"), _AT_LEAST_0),
+    "balance_every": _AT_LEAST_0,
     **dict.fromkeys(("train_subset", "test_subset", "image_size"), _AT_LEAST_0),
     **dict.fromkeys(("lr", "v_threshold", "tau", "map_tau"), _POSITIVE),
     **dict.fromkeys(("alpha", "beta", "noise_scale", "weight_decay", "grad_clip"), _NON_NEGATIVE),
@@ -78,7 +80,12 @@ class Config:
     # method
     method: str = option("blockwise", "how the student learns", METHODS)
     train_mode: str = option("rate", "SNN training: BPTT or rate-based backpropagation", TRAIN_MODES, flag="--train")
-    init_from_teacher: bool = option(True, "start the student from the teacher's weights")
+    init: str = option(
+        "scratch",
+        "the student's initial weights: its own random init (the papers' protocol), or the teacher's (ANN-to-SNN "
+        "conversion, then training: with --method direct this is the `convert` baseline)",
+        INITS,
+    )
     tau: float = option(4.0, "temperature of the logit distillation terms (kd, ckd's NLD, blockwise)")
     alpha: float = option(1.0, "weight of the logit distillation term")
     beta: float = option(1.0, "weight of ckd's SAMD term")
@@ -86,6 +93,21 @@ class Config:
     noise_scale: float = option(1.0, "ckd's NLD noise, in units of the student's logit std")
     splits: str = option("", "blockwise: comma-separated stage indices k of the hybrids M_k ('' = 1..K-1)")
     align: str = option("conv_bn", "blockwise: alignment module phi", ("conv_bn", "conv", "identity"))
+    align_init: str = option(
+        "teacher_stats",
+        "blockwise: phi's start: identity where channels match and the teacher's per-channel feature mean/std "
+        "(teacher_stats), or PyTorch's random init (random)",
+        ("teacher_stats", "random"),
+    )
+    branch_weights: str = option(
+        "grad_norm",
+        "blockwise: weight of each hybrid's loss: min(1, |grad student loss| / |grad hybrid loss|) on the student's "
+        "parameters, re-measured every --balance-every steps (grad_norm), or 1 (equal)",
+        ("grad_norm", "equal"),
+    )
+    balance_every: int = option(
+        50, "measure each loss term's gradient norm every N steps (logged; sets grad_norm branch weights; 0 = never)"
+    )
     # teacher
     teacher: str = option("", "load the teacher from this checkpoint instead of training it")
     teacher_epochs: int = option(15, "epochs of teacher training")
@@ -150,6 +172,14 @@ class Config:
         return Path(self.out or f"runs/{self.dataset}-{self.method}-{self.train_mode}")
 
     @property
+    def label(self) -> str:
+        """The method as tables name it: ``convert`` for direct training from the teacher's weights, the method with
+        ``+convert`` for another method from them, else the method."""
+        if self.init == "teacher":
+            return "convert" if self.method == "direct" else f"{self.method}+convert"
+        return self.method
+
+    @property
     def split_list(self) -> list[int] | None:
         return [int(k) for k in self.splits.split(",") if k.strip()] if self.splits.strip() else None
 
@@ -166,6 +196,8 @@ class Config:
     def from_dict(cls, values: dict) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k.replace("-", "_"): v for k, v in values.items()}
+        if isinstance(values.get("init_from_teacher"), bool):  # the option's name in configs saved before --init
+            values.setdefault("init", "teacher" if values.pop("init_from_teacher") else "scratch")
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}; known: {sorted(names)}")

@@ -22,6 +22,7 @@ __all__ = [
     "NLDLoss",
     "SAMDLoss",
     "blockwise_loss",
+    "blockwise_terms",
     "class_activation_map",
     "cross_entropy",
     "feature_alignment_loss",
@@ -75,16 +76,35 @@ def feature_alignment_loss(student_feature: Tensor, teacher_feature: Tensor, ali
     return F.mse_loss(projected.float(), teacher_feature.detach().float())
 
 
+def blockwise_terms(
+    outputs: Sequence[Tensor] | Mapping[str, Tensor],
+    target: Tensor,
+    teacher_logits: Tensor,
+    alpha: float = 1.0,
+    tau: float = 4.0,
+) -> dict[str, Tensor]:
+    """The per-branch terms of ``blockwise_loss``: ``{o: CE(z_o, y) + alpha * tau^2 * KL(p_A || p_o)}``, keyed by the
+    mapping's keys (``"student"``, ``"hybrid1"``, ...) or, for a sequence, by ``"branch0"``, ``"branch1"``, ..."""
+    if isinstance(outputs, Mapping):
+        branches = dict(outputs)
+    else:
+        branches = {f"branch{i}": z for i, z in enumerate(outputs)}
+    if not branches:
+        raise ValueError("blockwise_loss: outputs is empty; give at least the student's logits")
+    return {o: cross_entropy(z, target) + alpha * _soft_kl(z, teacher_logits, tau) for o, z in branches.items()}
+
+
 def blockwise_loss(
     outputs: Sequence[Tensor] | Mapping[str, Tensor],
     target: Tensor,
     teacher_logits: Tensor,
     alpha: float = 1.0,
     tau: float = 4.0,
+    weights: Mapping[str, float] | None = None,
 ) -> Tensor:
     """Block-wise hybrid loss of ANN-guided distillation through hybrid block-wise replacement:
 
-        L = sum_{o in {S, M_1, ..., M_{K-1}}} [ CE(z_o, y) + alpha * tau^2 * KL(p_A || p_o) ]
+        L = sum_{o in {S, M_1, ..., M_{K-1}}} w_o [ CE(z_o, y) + alpha * tau^2 * KL(p_A || p_o) ]
 
     where ``z_S`` are the pure SNN's logits, ``z_{M_k}`` those of the hybrid that runs SNN stages 1..k, the
     alignment phi_k and the ANN's frozen stages k+1..K, and ``p_A = softmax(z_A / tau)`` is the ANN's.
@@ -92,12 +112,12 @@ def blockwise_loss(
     through Hybrid Block-wise Replacement", CVPR 2025 (arXiv 2503.16572).
 
     ``outputs``: the logits ``[B, K]`` of every branch (a mapping such as ``HybridNet``'s output without its
-    ``"teacher"`` entry, or a sequence); ``target`` ``[B]``; ``teacher_logits`` ``[B, K]``.
+    ``"teacher"`` entry, or a sequence); ``target`` ``[B]``; ``teacher_logits`` ``[B, K]``; ``weights``: ``w_o`` by
+    branch name (``blockwise_terms``' keys; a missing name, or None, weighs 1).
     """
-    branches = list(outputs.values()) if isinstance(outputs, Mapping) else list(outputs)
-    if not branches:
-        raise ValueError("blockwise_loss: outputs is empty; give at least the student's logits")
-    return sum(cross_entropy(z, target) + alpha * _soft_kl(z, teacher_logits, tau) for z in branches)
+    terms = blockwise_terms(outputs, target, teacher_logits, alpha, tau)
+    weights = weights or {}
+    return sum(weights.get(o, 1.0) * term for o, term in terms.items())
 
 
 def class_activation_map(feature: Tensor, fc_weight: Tensor, classes: Tensor) -> Tensor:
@@ -181,8 +201,14 @@ class KDLoss(nn.Module):
         _check_tau(tau)
         self.alpha, self.tau = alpha, tau
 
+    def terms(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """The loss's weighted terms by name: ``{"ce", "kd"}``."""
+        return dict(
+            ce=cross_entropy(student_logits, target), kd=self.alpha * kd_loss(student_logits, teacher_logits, self.tau)
+        )
+
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
-        return cross_entropy(student_logits, target) + self.alpha * kd_loss(student_logits, teacher_logits, self.tau)
+        return sum(self.terms(student_logits, teacher_logits, target).values())
 
 
 class FeatureAlignmentLoss(nn.Module):
@@ -207,9 +233,13 @@ class BlockwiseLoss(nn.Module):
         _check_tau(tau)
         self.alpha, self.tau = alpha, tau
 
-    def forward(self, outputs: Mapping[str, Tensor], target: Tensor) -> Tensor:
+    def terms(self, outputs: Mapping[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+        """The per-branch terms (``blockwise_terms``): ``{"student", "hybrid1", ...}``."""
         branches = {k: v for k, v in outputs.items() if k != "teacher"}
-        return blockwise_loss(branches, target, outputs["teacher"], self.alpha, self.tau)
+        return blockwise_terms(branches, target, outputs["teacher"], self.alpha, self.tau)
+
+    def forward(self, outputs: Mapping[str, Tensor], target: Tensor) -> Tensor:
+        return sum(self.terms(outputs, target).values())
 
 
 class SAMDLoss(nn.Module):
@@ -258,7 +288,7 @@ class CKDLoss(nn.Module):
         self.nld = NLDLoss(tau, noise_scale)
         self.samd = SAMDLoss(map_tau)
 
-    def forward(
+    def terms(
         self,
         student_logits: Tensor,
         student_feature: Tensor,
@@ -268,9 +298,14 @@ class CKDLoss(nn.Module):
         target: Tensor,
         time_steps: int = 1,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        return (
-            cross_entropy(student_logits, target)
-            + self.alpha * self.nld(student_logits, teacher_logits, generator)
-            + self.beta * self.samd(student_feature, teacher_feature, fc_weight, teacher_logits, time_steps)
+    ) -> dict[str, Tensor]:
+        """The loss's weighted terms by name: ``{"ce", "nld", "samd"}``."""
+        return dict(
+            ce=cross_entropy(student_logits, target),
+            nld=self.alpha * self.nld(student_logits, teacher_logits, generator),
+            samd=self.beta * self.samd(student_feature, teacher_feature, fc_weight, teacher_logits, time_steps),
         )
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        """``terms``' arguments; their sum."""
+        return sum(self.terms(*args, **kwargs).values())

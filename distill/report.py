@@ -12,7 +12,7 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
     cfg = results["config"]
     return [
         ("data set", f"{cfg['dataset']} ({cfg['arch']}, T={cfg['time_steps']})"),
-        ("method", f"{cfg['method']} / {cfg['train_mode']}"),
+        ("method", f"{_label(cfg)} / {cfg['train_mode']} (student init: {cfg.get('init', 'scratch')})"),
         ("teacher accuracy", f"{100 * results['teacher_acc']:.2f} %"),
         ("student accuracy", f"{100 * results['student_acc']:.2f} %"),
         ("firing rate", f"{100 * results['firing_rate']:.2f} % (mean over LIF layers)"),
@@ -20,6 +20,10 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
         ("time", f"teacher {results['teacher_time_s']:.1f} s, student {results['student_time_s']:.1f} s"),
         ("peak memory", f"{results['peak_memory_mb']:.0f} MiB ({results['device']})"),
     ]
+
+
+def _label(cfg: dict) -> str:
+    return Config.from_dict(cfg).label
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:
@@ -34,7 +38,7 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 def write_report(path: str | Path, results: dict) -> None:
     cfg = results["config"]
     lines = [
-        f"# SpikeKD run: {cfg['dataset']}, {cfg['method']} / {cfg['train_mode']}",
+        f"# SpikeKD run: {cfg['dataset']}, {_label(cfg)} / {cfg['train_mode']}",
         "",
         format_table(summary_rows(results)),
         "",

@@ -48,6 +48,7 @@ from models import HybridNet, create_model
 
 STAGES = ("teacher", "student")
 PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
+STATISTICS_SAMPLES = 256  # training samples from which blockwise's phi_k take the teacher's feature statistics
 RUN_CONTROL = ("resume", "overwrite", "out", "progress", "device", "log_every")  # may change when resuming
 CHANGEABLE_ON_RESUME = {  # may change when resuming too, but then the run differs from one that never stopped
     "lr": "the learning rate of the remaining steps",
@@ -277,27 +278,27 @@ def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sche
 # ----------------------------------------------------------------------------------------------- losses
 
 
-def teacher_loss(net: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
-    """The teacher stage's loss: cross-entropy of the ANN."""
-    return cross_entropy(net(model_input(x, "ann")), y)
+def teacher_loss(net: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    """The teacher stage's loss: cross-entropy of the ANN, as its one term ``{"ce"}``."""
+    return {"ce": cross_entropy(net(model_input(x, "ann")), y)}
 
 
 def student_loss(cfg: Config, teacher: nn.Module) -> Callable:
-    """The student stage's loss ``(net, x, y, generator) -> scalar`` for ``cfg.method``; ``net`` is what
-    ``student_module`` returns (possibly DDP-wrapped)."""
+    """The student stage's loss ``(net, x, y, generator) -> {term name: scalar}`` for ``cfg.method`` (the loss is the
+    weighted sum of the terms); ``net`` is what ``student_module`` returns (possibly DDP-wrapped)."""
     mode = cfg.train_mode
     if cfg.method == "direct":
-        return lambda net, x, y, g: cross_entropy(net(model_input(x, "snn"), mode=mode), y)
+        return lambda net, x, y, g: {"ce": cross_entropy(net(model_input(x, "snn"), mode=mode), y)}
     if cfg.method == "blockwise":
         blockwise = BlockwiseLoss(cfg.alpha, cfg.tau)
-        return lambda net, x, y, g: blockwise(net(model_input(x, "snn"), mode=mode), y)
+        return lambda net, x, y, g: blockwise.terms(net(model_input(x, "snn"), mode=mode), y)
     if cfg.method == "kd":
         kd = KDLoss(cfg.alpha, cfg.tau)
 
         def loss(net, x, y, g):
             with torch.no_grad():
                 teacher_logits = teacher(model_input(x, "ann"))
-            return kd(net(model_input(x, "snn"), mode=mode), teacher_logits, y)
+            return kd.terms(net(model_input(x, "snn"), mode=mode), teacher_logits, y)
 
         return loss
     ckd = CKDLoss(cfg.alpha, cfg.beta, cfg.tau, cfg.map_tau, cfg.noise_scale)
@@ -307,20 +308,41 @@ def student_loss(cfg: Config, teacher: nn.Module) -> Callable:
             teacher_logits, teacher_features = teacher(model_input(x, "ann"), return_features=True)
         logits, features = net(model_input(x, "snn"), mode=mode, return_features=True)
         fc = teacher.head.fc.weight
-        return ckd(logits, features[-1], teacher_logits, teacher_features[-1], fc, y, cfg.time_steps, g)
+        return ckd.terms(logits, features[-1], teacher_logits, teacher_features[-1], fc, y, cfg.time_steps, g)
 
     return loss
 
 
-def student_module(cfg: Config, student: nn.Module, teacher: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
-    """The module the student stage trains (the SNN, or the ``HybridNet`` of blockwise) and its trainable params."""
+def student_module(
+    cfg: Config, student: nn.Module, teacher: nn.Module, sample: Tensor
+) -> tuple[nn.Module, list[nn.Parameter]]:
+    """The module the student stage trains (the SNN, or the ``HybridNet`` of blockwise) and its trainable params.
+
+    ``sample``: a batch of training inputs, from which blockwise's phi_k take the teacher's feature statistics."""
     if cfg.method == "blockwise":
         torch.manual_seed(mix_seed(cfg.seed, 2))  # the alignment modules' initial weights
         hybrid = HybridNet(student, teacher, splits=cfg.split_list, align=cfg.align)
+        if cfg.align_init == "teacher_stats":
+            hybrid.match_teacher_statistics(model_input(sample, "snn"))
         return hybrid, list(hybrid.student_parameters())
     teacher.requires_grad_(False)
     teacher.eval()
     return student, list(student.parameters())
+
+
+def term_grad_norms(terms: dict[str, Tensor], params: list[nn.Parameter]) -> dict[str, float]:
+    """``{name: |d term / d params|}`` (global L2 norm over ``params``), keeping the graph for the step's backward."""
+    norms = {}
+    for name, term in terms.items():
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        grads = [g for g in grads if g is not None]
+        norms[name] = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    return norms
+
+
+def balanced_weights(norms: dict[str, float], reference: str) -> dict[str, float]:
+    """Each term's weight ``min(1, |grad reference| / |grad term|)``: no term's gradient exceeds the reference's."""
+    return {name: min(1.0, norms[reference] / norm) if norm > 0 else 1.0 for name, norm in norms.items()}
 
 
 # ----------------------------------------------------------------------------------------------- one stage
@@ -335,16 +357,22 @@ def fit(
     epochs: int,
     evaluate: Callable[[], float],
     resume: dict | None,
+    probe_params: list[nn.Parameter] | None = None,
+    balance_reference: str | None = None,
 ) -> dict:
     """Trains ``module`` for ``epochs`` (at most ``max_steps`` steps), checkpointing into the run folder.
 
-    ``resume``: a checkpoint of this stage to continue from. Returns the stage's summary.
+    ``loss_fn`` gives named terms; the step minimises their weighted sum (weights 1, unless ``balance_reference``).
+    Every ``balance_every`` steps (from step 0) each term's gradient norm on ``probe_params`` (default ``params``) is
+    measured on the first micro-batch and logged; with ``balance_reference`` (a term's name) the weights are then
+    reset to ``balanced_weights``. ``resume``: a checkpoint of this stage to continue from. Returns the summary.
     """
     cfg, stage_id = ctx.cfg, STAGES.index(stage)
     per_epoch = steps_per_epoch(len(ctx.train), cfg.batch_size)
     total = epochs * per_epoch if not cfg.max_steps else min(epochs * per_epoch, cfg.max_steps)
     optimizer, scheduler = make_optimizer(cfg, params, total)
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, weights = 0, 0.0, [], {}
+    probe_params = params if probe_params is None else probe_params
     if resume is not None:
         module.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -353,6 +381,7 @@ def fit(
         set_rng_state(resume["rng"])
         step, elapsed, history = resume["step"], resume["elapsed"], resume["history"]
         ctx.last_checkpoint = f"{ctx.run_dir / 'checkpoint.pt'} ({stage} stage, step {step})"
+        weights = resume.get("term_weights", {})
     net = module
     if ctx.world_size > 1:
         net = DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -365,6 +394,7 @@ def fit(
                 step=step,
                 elapsed=elapsed,
                 history=history,
+                term_weights=weights,
                 model=module.state_dict(),
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
@@ -392,6 +422,8 @@ def fit(
         parts = micro_batches(order, in_epoch, cfg.batch_size, ctx.rank, ctx.world_size, cfg.grad_accum)
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        term_sums: dict[str, Tensor] = {}
+        probe = cfg.balance_every > 0 and step % cfg.balance_every == 0
         for i, index in enumerate(parts):
             micro = ctx.rank * cfg.grad_accum + i
             generator = torch.Generator().manual_seed(mix_seed(cfg.seed, stage_id, step, micro))
@@ -401,9 +433,18 @@ def fit(
             last = i == len(parts) - 1
             sync = nullcontext() if last or net is module else net.no_sync()
             with sync, torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.autocast):
-                loss = loss_fn(net, x, y, generator)
+                terms = loss_fn(net, x, y, generator)
+            if probe and i == 0:
+                norms = term_grad_norms(terms, probe_params)
+                if balance_reference is not None:
+                    weights = balanced_weights(norms, balance_reference)
+                record = dict(stage=stage, step=step, term_grad_norm=norms, term_weight=weights)
+                ctx.log({**record, "time": round(time.perf_counter() - started, 3)})
+            loss = sum(weights.get(name, 1.0) * term for name, term in terms.items())
             (loss / len(parts)).backward()
             loss_sum += loss.detach().double()
+            for name, term in terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + term.detach().double() / len(parts)
         stop_on_any_rank = False
         if ctx.world_size > 1:  # with the loss, whether a rank got a signal: all ranks stop at the same step
             stop_flag = torch.tensor(float(ctx.stop.requested), dtype=torch.float64, device=ctx.device)
@@ -426,7 +467,7 @@ def fit(
                     f"stopped before applying it. {last_good(ctx)}"
                 )
         else:
-            grad_norm = float("nan")
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -436,7 +477,8 @@ def fit(
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         if step % cfg.log_every == 0 or step == total:
             record = dict(stage=stage, step=step, epoch=epoch + 1, loss=loss_value, lr=lr, grad_norm=grad_norm)
-            ctx.log({**record, "time": round(elapsed, 3)})
+            terms_logged = {name: float(value) for name, value in term_sums.items()}
+            ctx.log({**record, "terms": terms_logged, "time": round(elapsed, 3)})
         end_of_epoch = step % per_epoch == 0 or step == total
         if end_of_epoch:
             acc = evaluate()
@@ -601,14 +643,25 @@ def _train(ctx: Context, resume: dict | None, teacher: nn.Module) -> dict:
     teacher_acc = teacher_eval()
 
     student = build_model(cfg, "snn", ctx.train).to(device)
-    if cfg.init_from_teacher:
+    if cfg.init == "teacher":
         student.load_state_dict(teacher.state_dict())
-    module, params = student_module(cfg, student, teacher)
+    sample, _ = ctx.train.batch(epoch_order(len(ctx.train), 0, mix_seed(cfg.seed, 3))[:STATISTICS_SAMPLES], device)
+    module, params = student_module(cfg, student, teacher, sample)
     module.to(device)
     student_eval = lambda: accuracy(student, ctx.test, device, cfg.eval_batch_size, eval_index, ctx.autocast)
     student_resume = resume if resume is not None and resume["stage"] == "student" else None
+    balance = "student" if cfg.method == "blockwise" and cfg.branch_weights == "grad_norm" else None
     student_summary = fit(
-        ctx, "student", module, params, student_loss(cfg, teacher), cfg.epochs, student_eval, student_resume
+        ctx,
+        "student",
+        module,
+        params,
+        student_loss(cfg, teacher),
+        cfg.epochs,
+        student_eval,
+        student_resume,
+        probe_params=list(student.parameters()),
+        balance_reference=balance,
     )
     if ctx.is_main:
         final = dict(stage="student", model=student.state_dict(), config=cfg.to_dict(), summary=student_summary)

@@ -7,6 +7,11 @@ For each split k in 1..K-1, hybrid M_k is
 
 All branches share one traversal of the student. The teacher is frozen (eval mode, requires_grad False), but its
 tail is differentiable, so each hybrid's loss reaches the student's stages 1..k through phi_k.
+
+A random phi_k in front of a trained tail makes M_k start far worse than chance, with a gradient on the student's
+first stages hundreds of times its own branch's. ``HybridNet.match_teacher_statistics`` starts each phi_k as the
+identity where the channels match and with its BatchNorm's affine set to the teacher's per-channel mean and standard
+deviation of f_k, so that what the tail receives has the statistics it was trained on.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 from models.network import Network
 
 ALIGNS = ("conv_bn", "conv", "identity")
+ALIGN_INITS = ("teacher_stats", "random")
 
 
 def make_align(kind: str, in_channels: int, out_channels: int) -> nn.Module:
@@ -80,6 +86,29 @@ class HybridNet(nn.Module):
         """The trainable parameters: the student's and the alignment modules', never the teacher's."""
         yield from self.student.parameters()
         yield from self.align.parameters()
+
+    @torch.no_grad()
+    def match_teacher_statistics(self, x: torch.Tensor) -> None:
+        """Starts every phi_k from the teacher's features of the batch ``x`` (the student's input).
+
+        The 1x1 conv becomes the identity where the student's and teacher's channels match (else it keeps its random
+        init); a BatchNorm after it gets ``weight = std_c f_k`` and ``bias = mean_c f_k`` (over batch and positions), so
+        that in training mode phi_k(r_k) has the teacher's per-channel mean and spread whatever the student's rates.
+        """
+        _, features = self.teacher(x if x.dim() == 4 else x.mean(0), mode="eval", return_features=True)
+        for k in self.splits:
+            align, feature = self.align[str(k)], features[k - 1].float()
+            convs = [m for m in align.modules() if isinstance(m, nn.Conv2d)]
+            norms = [m for m in align.modules() if isinstance(m, nn.BatchNorm2d)]
+            for conv in convs:
+                if conv.in_channels == conv.out_channels:
+                    conv.weight.copy_(torch.eye(conv.out_channels).view_as(conv.weight))
+                if conv.bias is not None:
+                    conv.bias.zero_()
+            for norm in norms:
+                var, mean = torch.var_mean(feature, dim=(0, 2, 3), correction=0)
+                norm.weight.copy_(var.add(norm.eps).sqrt())
+                norm.bias.copy_(mean)
 
     def forward(self, x: torch.Tensor, mode: str | None = None) -> dict[str, torch.Tensor]:
         """x (the student's input) -> {"student", "hybrid{k}" for k in splits, "teacher"}: logits [B, classes].

@@ -1,0 +1,345 @@
+"""``python -m bench.accuracy``: does distillation beat its baselines? A grid of methods x training modes x recipes x
+seeds, every student with the same step budget and the same teacher, each row a ``distill.run`` job.
+
+    python -m bench.accuracy --quick                      # digits, tiny budget: the whole pipeline in about a minute
+    python -m bench.accuracy --dataset fashion_mnist --seeds 0,1,2 --epochs 5 --train-subset 10000 --threads 1
+    python -m bench.accuracy ... -- --grad-clip 0         # flags after -- go to every distill.run row
+
+Methods (rows): ``direct`` (cross-entropy, from scratch: the directly trained SNN), ``convert`` (cross-entropy from
+the teacher's weights: ANN-to-SNN conversion and fine-tuning), ``kd``, ``ckd`` and ``blockwise`` (from scratch).
+
+Writes, under ``--out`` (default ``bench/results/accuracy/<dataset>``): ``results.json`` (the grid's settings, the
+teacher and one record per run: method, init, recipe, train mode, seed, budget, accuracy per epoch and final, firing
+rate, time, command), ``report.md`` (mean +- sd per method, and the difference to ``direct`` with its sd, paired by
+seed) and ``accuracy.png`` (test accuracy per epoch per method, mean over seeds; needs matplotlib). The run folders
+go to ``--runs`` (default ``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut
+short resumes from its checkpoint, so the same command continues an interrupted grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.config import device_name
+from distill.config import METHODS, TRAIN_MODES, parse_config
+from distill.trainer import train
+
+# a table row -> (distill.run --method, --init)
+ROWS = {
+    "direct": ("direct", "scratch"),
+    "convert": ("direct", "teacher"),
+    "kd": ("kd", "scratch"),
+    "ckd": ("ckd", "scratch"),
+    "blockwise": ("blockwise", "scratch"),
+}
+assert {method for method, _ in ROWS.values()} == set(METHODS)
+DEFAULT_RECIPE = "default"
+QUICK = dict(
+    dataset="digits",
+    methods="direct,convert,kd,ckd,blockwise",
+    train="rate",
+    seeds="0,1",
+    teacher_epochs=3,
+    epochs=2,
+    train_subset=256,
+    test_subset=128,
+    batch_size=32,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--dataset", default="fashion_mnist", help="distill.run --dataset (default: fashion_mnist)")
+    add("--methods", default=",".join(ROWS), help=f"comma-separated rows among {list(ROWS)} (default: all)")
+    add("--train", default="rate", help=f"comma-separated training modes among {list(TRAIN_MODES)} (default: rate)")
+    add("--recipes", default=DEFAULT_RECIPE, help="comma-separated distill.run --recipe values (default: default)")
+    add("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    add("--epochs", type=int, default=5, help="student epochs (default: 5)")
+    add("--train-subset", type=int, default=10000, help="student training images (0 = all; default: 10000)")
+    add("--test-subset", type=int, default=0, help="test images (0 = all; default: 0)")
+    add("--batch-size", type=int, default=64, help="batch size (default: 64)")
+    add("--teacher", default="", help="the teacher's checkpoint (default: train one into RUNS/teacher)")
+    add("--teacher-epochs", type=int, default=20, help="epochs of the teacher, on the full training set (default: 20)")
+    add("--threads", type=int, default=1, help="torch CPU threads per run (default: 1)")
+    add("--out", default="", help="results folder (default: bench/results/accuracy/<dataset>)")
+    add("--runs", default="", help="run folders (default: runs/accuracy/<dataset>)")
+    add("--quick", action="store_true", help=f"a tiny grid for tests: {QUICK} (given flags win)")
+    add("extra", nargs="*", help="after --: flags passed to every distill.run row (e.g. -- --grad-clip 0)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if parser.parse_args(argv).quick:
+        parser.set_defaults(**QUICK)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args.methods, args.train = _names(args.methods, ROWS, "--methods"), _names(args.train, TRAIN_MODES, "--train")
+    args.recipes = _names(args.recipes, None, "--recipes")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated ints, got {args.seeds!r}")
+    if not args.seeds:
+        parser.error("--seeds: give at least one seed")
+    args.out = Path(args.out or f"bench/results/accuracy/{args.dataset}")
+    args.runs = Path(args.runs or f"runs/accuracy/{args.dataset}")
+    return args
+
+
+def _names(text: str, accepted, flag: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if accepted is not None and n not in accepted]
+    if unknown or not names:
+        raise SystemExit(f"error: {flag} must be a comma-separated list among {list(accepted or [])}, got {text!r}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------- running rows
+
+
+def common_flags(args: argparse.Namespace) -> list[str]:
+    """The distill.run flags every job of the grid shares (the teacher's job included)."""
+    flags = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--test-subset", str(args.test_subset)]
+    return [*flags, "--threads", str(args.threads), "--progress", "off"]
+
+
+def run_job(argv: list[str], out: Path) -> dict:
+    """One distill.run job in this process; a job cut short continues from its checkpoint."""
+    if (out / "checkpoint.pt").exists() and not (out / "results.json").exists():
+        argv = [*argv, "--resume"]
+    return train(parse_config([*argv, "--out", str(out)]))
+
+
+def ensure_teacher(args: argparse.Namespace) -> tuple[Path, str]:
+    """The teacher's checkpoint (trained here unless ``--teacher``) and the command that made it."""
+    if args.teacher:
+        return Path(args.teacher), f"given: {args.teacher}"
+    out = args.runs / "teacher"
+    argv = [*common_flags(args), "--epochs", "0", "--teacher-epochs", str(args.teacher_epochs)]
+    command = "python -m distill.run " + shlex.join([*argv, "--out", str(out)])
+    if not (out / "teacher.pt").exists():
+        print(f"teacher: {command}", flush=True)
+        run_job(argv, out)
+    return out / "teacher.pt", command
+
+
+def row_argv(args: argparse.Namespace, teacher: Path, label: str, train_mode: str, recipe: str, seed: int) -> list:
+    method, init = ROWS[label]
+    argv = [*common_flags(args), "--teacher", str(teacher), "--method", method, "--init", init]
+    argv += ["--train", train_mode, "--seed", str(seed), "--epochs", str(args.epochs)]
+    argv += ["--train-subset", str(args.train_subset)]
+    if recipe != DEFAULT_RECIPE:
+        argv += ["--recipe", recipe]
+    return [*argv, *args.extra]
+
+
+def row_key(label: str, train_mode: str, recipe: str, seed: int) -> str:
+    return f"{label}-{train_mode}-{recipe}-s{seed}"
+
+
+def run_row(args, teacher: Path, label: str, train_mode: str, recipe: str, seed: int) -> dict:
+    argv = row_argv(args, teacher, label, train_mode, recipe, seed)
+    out = args.runs / row_key(label, train_mode, recipe, seed)
+    started = time.perf_counter()
+    results = run_job(argv, out)
+    history = results["student_history"]
+    method, init = ROWS[label]
+    return dict(
+        method=label,
+        loss=method,
+        init=init,
+        recipe=recipe,
+        train=train_mode,
+        seed=seed,
+        budget=dict(epochs=args.epochs, steps=history[-1]["step"] if history else 0, train_images=args.train_subset),
+        accuracy=results["student_acc"],
+        accuracy_per_epoch=[h["test_acc"] for h in history],
+        teacher_accuracy=results["teacher_acc"],
+        firing_rate=results["firing_rate"],
+        train_time_s=round(results["student_time_s"], 1),
+        wall_time_s=round(time.perf_counter() - started, 1),
+        command="python -m distill.run " + shlex.join([*argv, "--out", str(out)]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def load_results(path: Path, settings: dict) -> dict:
+    """The grid's results so far; a file written with other settings is an error (it would mix budgets)."""
+    if not path.exists():
+        return dict(settings=settings, records=[])
+    results = json.loads(path.read_text())
+    if results["settings"] != settings:
+        changed = sorted(k for k in settings if results["settings"].get(k) != settings[k])
+        raise SystemExit(
+            f"error: {path} holds a grid run with other settings ({changed}); give another --out (and --runs) or "
+            "delete it to start over"
+        )
+    return results
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary(records: list[dict]) -> list[dict]:
+    """One line per (method, train mode, recipe): accuracy mean +- sd over seeds and the difference to ``direct``
+    of the same train mode and recipe, paired by seed."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["train"], r["recipe"]), {})[r["seed"]] = r
+    lines = []
+    for (label, train_mode, recipe), by_seed in groups.items():
+        accuracy = mean_sd([100 * r["accuracy"] for r in by_seed.values()])
+        direct = groups.get(("direct", train_mode, recipe), {})
+        paired = [100 * (by_seed[s]["accuracy"] - direct[s]["accuracy"]) for s in by_seed if s in direct]
+        lines.append(
+            dict(
+                method=label,
+                train=train_mode,
+                recipe=recipe,
+                seeds=sorted(by_seed),
+                accuracy=accuracy,
+                vs_direct=mean_sd(paired) if paired and label != "direct" else None,
+                firing_rate=statistics.fmean(r["firing_rate"] for r in by_seed.values()),
+                train_time_s=statistics.fmean(r["train_time_s"] for r in by_seed.values()),
+            )
+        )
+    order = {name: i for i, name in enumerate(ROWS)}
+    return sorted(lines, key=lambda s: (s["train"], s["recipe"], order[s["method"]]))
+
+
+def write_report(path: Path, results: dict) -> None:
+    settings, teacher = results["settings"], results.get("teacher", {})
+    budget = settings["budget"]
+    lines = [
+        f"# Accuracy benchmark: {settings['dataset']}",
+        "",
+        f"Teacher (ANN): {100 * teacher.get('accuracy', math.nan):.2f} % ({teacher.get('command', '')}).",
+        f"Student budget (every row): {budget['epochs']} epochs on {budget['train_images'] or 'all'} training "
+        f"images, batch {budget['batch_size']}; test set: {settings['test_images'] or 'all'} images. "
+        f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.",
+        f"Grid: `{settings['command']}`",
+        "",
+        "| method | train | recipe | seeds | accuracy (mean +- sd) | vs direct (paired, mean +- sd) | firing rate "
+        "| train time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary(results["records"]):
+        vs = "-" if s["vs_direct"] is None else f"{s['vs_direct'][0]:+.2f} +- {s['vs_direct'][1]:.2f}"
+        lines.append(
+            f"| {s['method']} | {s['train']} | {s['recipe']} | {','.join(map(str, s['seeds']))} "
+            f"| {s['accuracy'][0]:.2f} +- {s['accuracy'][1]:.2f} % | {vs} | {100 * s['firing_rate']:.1f} % "
+            f"| {s['train_time_s']:.0f} s |"
+        )
+    lines += [
+        "",
+        "`convert` starts from the teacher's weights; every other row from scratch. sd: sample standard deviation "
+        "over seeds. Each run's command is in results.json.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_plot(path: Path, results: dict) -> bool:
+    """Test accuracy per epoch per method (mean over seeds), one panel per train mode; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("accuracy.png skipped: matplotlib is not installed (pip install -e '.[plot]')", file=sys.stderr)
+        return False
+    modes = sorted({r["train"] for r in results["records"]})
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
+    for ax, train_mode in zip(axes[0], modes, strict=True):
+        curves: dict[str, list[list[float]]] = {}
+        for r in results["records"]:
+            if r["train"] == train_mode:
+                name = r["method"] if r["recipe"] == DEFAULT_RECIPE else f"{r['method']} ({r['recipe']})"
+                curves.setdefault(name, []).append(r["accuracy_per_epoch"])
+        for name, runs in curves.items():
+            length = min(len(run) for run in runs)
+            mean = [100 * statistics.fmean(run[e] for run in runs) for e in range(length)]
+            ax.plot(range(1, length + 1), mean, marker="o", label=f"{name} (n={len(runs)})")
+        teacher = results.get("teacher", {}).get("accuracy")
+        if teacher is not None:
+            ax.axhline(100 * teacher, color="grey", linestyle="--", label="teacher")
+        ax.set(title=f"{results['settings']['dataset']}, {train_mode}", xlabel="epoch", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def save(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(out / "results.json")
+    write_report(out / "report.md", results)
+    write_plot(out / "accuracy.png", results)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    teacher, teacher_command = ensure_teacher(args)
+    settings = dict(
+        dataset=args.dataset,
+        budget=dict(epochs=args.epochs, train_images=args.train_subset, batch_size=args.batch_size),
+        test_images=args.test_subset,
+        teacher=str(teacher),
+        extra=args.extra,
+        threads=args.threads,
+        machine=device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        command="python -m bench.accuracy " + shlex.join(args.argv),
+    )
+    results = load_results(args.out / "results.json", settings)
+    done = {row_key(r["method"], r["train"], r["recipe"], r["seed"]) for r in results["records"]}
+    grid = [
+        (label, train_mode, recipe, seed)
+        for seed in args.seeds
+        for train_mode in args.train
+        for recipe in args.recipes
+        for label in args.methods
+    ]
+    todo = [row for row in grid if row_key(*row) not in done]
+    print(f"accuracy grid: {len(grid)} runs, {len(grid) - len(todo)} done, results in {args.out}", flush=True)
+    for i, row in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {row_key(*row)} ...", flush=True)
+        record = run_row(args, teacher, *row)
+        results["teacher"] = dict(accuracy=record["teacher_accuracy"], command=teacher_command)
+        results["records"].append(record)
+        save(args.out, results)
+        print(
+            f"[{i}/{len(todo)}] {row_key(*row)}: {100 * record['accuracy']:.2f} % (teacher "
+            f"{100 * record['teacher_accuracy']:.2f} %), {record['wall_time_s']:.0f} s",
+            flush=True,
+        )
+    if not todo and results["records"]:
+        save(args.out, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""``python -m bench.accuracy --quick``: the grid runs end to end, writes its three outputs, and resumes."""
+
+import json
+
+import pytest
+
+from bench.accuracy import main, mean_sd, summary
+
+
+def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--quick", "--out", str(out), "--runs", str(runs)]
+    main(argv)
+    printed = capsys.readouterr().out
+    assert "[10/10] blockwise-rate-default-s1:" in printed
+    results = json.loads((out / "results.json").read_text())
+    records = results["records"]
+    assert sorted({r["method"] for r in records}) == ["blockwise", "ckd", "convert", "direct", "kd"]
+    assert sorted({r["seed"] for r in records}) == [0, 1]
+    for r in records:
+        assert {
+            "method",
+            "init",
+            "recipe",
+            "seed",
+            "budget",
+            "accuracy",
+            "firing_rate",
+            "train_time_s",
+            "command",
+        } <= set(r)
+        assert r["init"] == ("teacher" if r["method"] == "convert" else "scratch")
+        assert r["budget"] == {"epochs": 2, "steps": 16, "train_images": 256}  # the same for every row
+        assert len(r["accuracy_per_epoch"]) == 2 and r["accuracy_per_epoch"][-1] == r["accuracy"]
+        assert r["command"].startswith("python -m distill.run ") and f"--seed {r['seed']}" in r["command"]
+    report = (out / "report.md").read_text()
+    assert "| convert | rate | default | 0,1 |" in report and "vs direct" in report
+    assert (out / "accuracy.png").stat().st_size > 0 or pytest.importorskip("matplotlib") is None
+
+    # the same command again runs nothing; other settings in the same folder are refused
+    main(argv)
+    assert "10 runs, 10 done" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["records"] == records
+    with pytest.raises(SystemExit, match="other settings"):
+        main([*argv, "--epochs", "3"])
+
+
+def test_summary_pairs_the_difference_to_direct_by_seed():
+    def record(method, seed, accuracy):
+        return dict(method=method, train="rate", recipe="default", seed=seed, accuracy=accuracy, firing_rate=0.1,
+                    train_time_s=1.0)  # fmt: skip
+
+    records = [record("direct", 0, 0.70), record("direct", 1, 0.80), record("kd", 0, 0.72), record("kd", 1, 0.83)]
+    lines = {s["method"]: s for s in summary(records)}
+    assert lines["kd"]["accuracy"] == pytest.approx(mean_sd([72.0, 83.0]))
+    assert lines["kd"]["vs_direct"] == pytest.approx((2.5, mean_sd([2.0, 3.0])[1]))
+    assert lines["direct"]["vs_direct"] is None

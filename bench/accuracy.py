@@ -178,12 +178,13 @@ def run_row(args, teacher: Path, label: str, train_mode: str, recipe: str, seed:
 
 
 def load_results(path: Path, settings: dict) -> dict:
-    """The grid's results so far; a file written with other settings is an error (it would mix budgets)."""
+    """The grid's results so far; a file written with other settings is an error (it would mix budgets). The grid's
+    command may differ (more seeds, other methods)."""
     if not path.exists():
         return dict(settings=settings, records=[])
     results = json.loads(path.read_text())
-    if results["settings"] != settings:
-        changed = sorted(k for k in settings if results["settings"].get(k) != settings[k])
+    changed = sorted(k for k in settings if k != "command" and results["settings"].get(k) != settings[k])
+    if changed:
         raise SystemExit(
             f"error: {path} holds a grid run with other settings ({changed}); give another --out (and --runs) or "
             "delete it to start over"
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         command="python -m bench.accuracy " + shlex.join(args.argv),
     )
     results = load_results(args.out / "results.json", settings)
+    results["settings"]["command"] = settings["command"]  # the latest; each record keeps its own run's command
     done = {row_key(r["method"], r["train"], r["recipe"], r["seed"]) for r in results["records"]}
     grid = [
         (label, train_mode, recipe, seed)

@@ -30,6 +30,59 @@ RUN_LOCATION = ("out", "resume", "overwrite")  # where a run writes: never taken
 TRAIN_MODES = ("bptt", "rate")
 INITS = ("scratch", "teacher")
 
+# Named presets: every hyperparameter the reference code sets that SpikeKD has an option for. The batch size, epochs
+# and T are left out: they are the run's budget and the data set's. A recipe sits under the TOML file and the flags.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    # Rate-based backpropagation (Yu et al., NeurIPS 2024), Tab-ct/rate-based-backpropagation:
+    # experiment/cifar/config/config.py (SGD-M lr 0.1, wd 5e-4, cosine, decay 0.2 = tau 1.25, threshold 1, soft
+    # detached reset), util/util.py split_params (weight decay on conv/linear weights only), model/layer.py
+    # CustomEvaluator (rate-mode loss gradient / T), no gradient clipping; the KD terms of the same group's ESD code
+    # (Intelli-Chip-Lab/enhanced-self-distillation-framework-for-snn, its training loss): tau 3, weight 0.3.
+    "ratebp": dict(
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        weight_decay_scope="weights",
+        schedule="cosine",
+        grad_clip=0.0,
+        rate_grad_div_t=True,
+        neuron_tau=1.25,
+        v_threshold=1.0,
+        hard_reset=False,
+        detach_reset=True,
+        surrogate="sigmoid",
+        tau=3.0,
+        alpha=0.3,
+    ),
+    # SAMD + NLD (Liu et al., AAAI 2026), SinoLeu/CKDSNN: config/cifar10/plt_train_kd_ckd_snn.yml (SGD lr 0.1,
+    # wd 1e-4, cosine, noise_weight 0.9, no clipping), plt_train_kd_ckd_snn.py (compute_cam: relu + batch min-max;
+    # SAMD softmax over positions at Tau 2, KL without tau^2; all loss weights 1), utils/utils.py (soft_loss_smooth:
+    # tau 2, noise mixture), snn_models/layers.py (LIF decay 0.5 = tau 2, hard reset to 0 not detached, triangle
+    # surrogate). Its student's last block is a ReLU; SpikeKD's students are spiking throughout.
+    "ckdsnn": dict(
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="cosine",
+        grad_clip=0.0,
+        neuron_tau=2.0,
+        v_threshold=1.0,
+        hard_reset=True,
+        detach_reset=False,
+        surrogate="triangle",
+        tau=2.0,
+        alpha=1.0,
+        beta=1.0,
+        map_tau=2.0,
+        samd_norm="minmax",
+        nld_form="mixture",
+        noise_scale=0.1,
+    ),
+}
+
 
 _AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
 _AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
@@ -76,8 +129,16 @@ class Config:
     time_steps: int = option(4, "SNN time steps T (event data: must equal the frames per sample)")
     neuron_tau: float = option(2.0, "LIF membrane time constant")
     v_threshold: float = option(1.0, "LIF firing threshold")
+    hard_reset: bool = option(False, "LIF hard reset to 0 after a spike (default: soft reset, subtract the threshold)")
+    detach_reset: bool = option(True, "stop the gradient through the LIF reset")
     surrogate: str = option("sigmoid", "surrogate gradient of the spike", ("sigmoid", "atan", "triangle"))
     # method
+    recipe: str = option(
+        "default",
+        "a named preset of the reference code's hyperparameters (distill/config.py RECIPES); the TOML file and the "
+        "flags given win over it",
+        tuple(RECIPES),
+    )
     method: str = option("blockwise", "how the student learns", METHODS)
     train_mode: str = option("rate", "SNN training: BPTT or rate-based backpropagation", TRAIN_MODES, flag="--train")
     init: str = option(
@@ -90,7 +151,19 @@ class Config:
     alpha: float = option(1.0, "weight of the logit distillation term")
     beta: float = option(1.0, "weight of ckd's SAMD term")
     map_tau: float = option(1.0, "temperature of ckd's activation maps (SAMD)")
-    noise_scale: float = option(1.0, "ckd's NLD noise, in units of the student's logit std")
+    samd_norm: str = option(
+        "zscore",
+        "ckd's SAMD maps: z-scored per sample (sharp), or CKDSNN's batch min-max with its KL unscaled (flat)",
+        ("zscore", "minmax", "none"),
+    )
+    noise_scale: float = option(
+        1.0, "ckd's NLD noise: in units of the student's logit std (additive), or the noise's weight (mixture)"
+    )
+    nld_form: str = option(
+        "additive",
+        "ckd's NLD: noise added to the logits, or CKDSNN's mixture of distributions",
+        ("additive", "mixture"),
+    )
     splits: str = option("", "blockwise: comma-separated stage indices k of the hybrids M_k ('' = 1..K-1)")
     align: str = option("conv_bn", "blockwise: alignment module phi", ("conv_bn", "conv", "identity"))
     align_init: str = option(
@@ -121,8 +194,14 @@ class Config:
     lr: float = option(0.1, "peak learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "weight decay")
+    weight_decay_scope: str = option(
+        "all", "parameters weight decay applies to: all, or conv/linear weights only (weights)", ("all", "weights")
+    )
     schedule: str = option("cosine", "learning-rate schedule over the stage's steps", ("cosine", "constant"))
     grad_clip: float = option(5.0, "clip the gradient's global norm to this (0 = off)")
+    rate_grad_div_t: bool = option(
+        False, "rate mode: divide the loss's gradient by T, as the rate-BP code does (the same as lr / T for SGD)"
+    )
     amp: str = option("auto", "autocast: bf16 on GPU when auto", ("auto", "bf16", "off"))
     # run
     device: str = option("auto", "cpu, cuda, cuda:1 ... (auto = cuda when available; under torchrun, the local GPU)")
@@ -198,6 +277,10 @@ class Config:
         values = {k.replace("-", "_"): v for k, v in values.items()}
         if isinstance(values.get("init_from_teacher"), bool):  # the option's name in configs saved before --init
             values.setdefault("init", "teacher" if values.pop("init_from_teacher") else "scratch")
+        recipe = values.get("recipe", "default")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {list(RECIPES)}, got {recipe!r}")
+        values = {**RECIPES[recipe], **values}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}; known: {sorted(names)}")

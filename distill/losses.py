@@ -142,26 +142,43 @@ def spike_activation_map(spike_rate: Tensor, time_steps: int = 1) -> Tensor:
     return spike_rate.float().sum(dim=1) * time_steps
 
 
-def samd_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0, standardize: bool = True) -> Tensor:
-    """Saliency-scaled activation map distillation (SAMD):
+SAMD_NORMS = ("zscore", "minmax", "none")
+NLD_FORMS = ("additive", "mixture")
+
+
+def samd_loss(student_map: Tensor, teacher_map: Tensor, tau: float = 1.0, norm: str = "zscore") -> Tensor:
+    """Saliency-scaled activation map distillation (SAMD), with ``norm="zscore"``:
 
         L = tau^2 * mean_b KL( softmax_p(CAM_b / tau) || softmax_p(SAM_b / tau) )
 
     where the softmax runs over the ``H * W`` positions p, ``CAM`` is the teacher ANN's class activation map
-    and ``SAM`` the student SNN's spike activation map (see ``class_activation_map``, ``spike_activation_map``).
-    With ``standardize`` (the default) each map is first scaled to zero mean and unit standard deviation over its
-    positions, ``(M - mean_p M) / (std_p M + 1e-6)``, so that the loss compares where the saliency lies, not the
-    scale of spike counts against that of ANN activations (which would make both softmaxes one-hot).
-    When their sizes differ the student's map is average-pooled to the teacher's.
+    and ``SAM`` the student SNN's spike activation map (see ``class_activation_map``, ``spike_activation_map``),
+    each first scaled to zero mean and unit standard deviation over its positions, ``(M - mean_p M) /
+    (std_p M + 1e-6)``, so that the loss compares where the saliency lies, not the scale of spike counts against
+    that of ANN activations (which would make both softmaxes one-hot). ``norm="minmax"`` is the CKDSNN code's form
+    (``compute_cam``, ``getForwardCAM`` in ``plt_train_kd_ckd_snn.py``): ``relu(CAM)``, each map min-max scaled to
+    [0, 1] over the whole batch, the same softmaxes, and the KL without the ``tau^2`` factor; on [0, 1] maps at
+    ``tau = 2`` both softmaxes are close to uniform, a much weaker constraint than the z-scored one.
+    ``norm="none"`` takes the maps as they are. When their sizes differ the student's map is average-pooled to the
+    teacher's.
     Liu et al., "A Closer Look at Knowledge Distillation in Spiking Neural Network Training", AAAI 2026
     (arXiv 2511.06902). Both maps ``[B, H, W]``; returns a scalar.
     """
+    if norm not in SAMD_NORMS:
+        raise ValueError(f"samd_loss: norm must be one of {list(SAMD_NORMS)}, got {norm!r}")
     if student_map.shape[-2:] != teacher_map.shape[-2:]:
         student_map = F.adaptive_avg_pool2d(student_map.unsqueeze(1), teacher_map.shape[-2:]).squeeze(1)
-    student_map, teacher_map = student_map.flatten(1).float(), teacher_map.flatten(1).float()
-    if standardize:
-        student_map, teacher_map = _standardize(student_map), _standardize(teacher_map.detach())
-    return _soft_kl(student_map, teacher_map, tau)
+    student_map, teacher_map = student_map.flatten(1).float(), teacher_map.flatten(1).float().detach()
+    if norm == "zscore":
+        return _soft_kl(_standardize(student_map), _standardize(teacher_map), tau)
+    if norm == "none":
+        return _soft_kl(student_map, teacher_map, tau)
+    return _soft_kl(_batch_min_max(student_map), _batch_min_max(teacher_map.relu()), tau) / tau**2
+
+
+def _batch_min_max(x: Tensor) -> Tensor:
+    """``(x - min x) / (max x - min x + 1e-8)`` over the whole tensor."""
+    return (x - x.min()) / (x.max() - x.min() + 1e-8)
 
 
 def _standardize(x: Tensor) -> Tensor:
@@ -176,21 +193,36 @@ def nld_loss(
     noise_scale: float = 1.0,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
+    form: str = "additive",
 ) -> Tensor:
-    """Noise-smoothed logits distillation (NLD): KD against the student's logits smoothed by Gaussian noise whose
-    size follows the student's own logit statistics:
+    """Noise-smoothed logits distillation (NLD): KD against the student's distribution smoothed by Gaussian noise whose
+    size follows the student's own logit statistics. ``form="additive"``:
 
         z~_S = z_S + noise_scale * std(z_S) * eps,   eps ~ N(0, I),   std over the K classes of each sample
         L    = tau^2 * KL( softmax(z_T / tau) || softmax(z~_S / tau) )
 
-    ``std(z_S)`` is detached (the noise is a smoothing, not a path for gradients). Liu et al., AAAI 2026
-    (arXiv 2511.06902). ``noise`` ``[B, K]`` fixes ``eps`` (tests); otherwise it is drawn from ``generator``.
+    with ``std(z_S)`` detached (the noise is a smoothing, not a path for gradients). ``form="mixture"`` is the CKDSNN
+    code's (``smooth_noise_softmax``, ``soft_loss_smooth`` in ``utils/utils.py``): the student's distribution is the
+    mixture ``(1 - noise_scale) softmax(z_S / tau) + noise_scale softmax((mean(z_S) + var(z_S) eps) / tau)``, mean and
+    (unbiased) variance over the classes, not detached; its ``noise_weight: 0.9`` is ``noise_scale = 0.1`` here.
+    Liu et al., AAAI 2026 (arXiv 2511.06902). ``noise`` ``[B, K]`` fixes ``eps`` (tests); otherwise it is drawn from
+    ``generator``.
     """
+    if form not in NLD_FORMS:
+        raise ValueError(f"nld_loss: form must be one of {list(NLD_FORMS)}, got {form!r}")
     if noise is None:
         noise = torch.randn(student_logits.shape, generator=generator)  # a CPU generator, whatever the device
-    scale = student_logits.detach().float().std(dim=-1, keepdim=True)
-    smoothed = student_logits.float() + noise_scale * scale * noise.to(student_logits.device, torch.float32)
-    return _soft_kl(smoothed, teacher_logits, tau)
+    noise = noise.to(student_logits.device, torch.float32)
+    z = student_logits.float()
+    if form == "additive":
+        smoothed = z + noise_scale * z.detach().std(dim=-1, keepdim=True) * noise
+        return _soft_kl(smoothed, teacher_logits, tau)
+    _check_tau(tau)
+    noisy = z.mean(dim=-1, keepdim=True) + noise * z.var(dim=-1, keepdim=True)
+    mixture = (1 - noise_scale) * F.softmax(z / tau, dim=-1) + noise_scale * F.softmax(noisy / tau, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / tau, dim=-1)
+    kl = F.kl_div(mixture.clamp_min(1e-12).log(), log_p_t, reduction="none", log_target=True).sum(-1)
+    return kl.mean() * tau**2
 
 
 class KDLoss(nn.Module):
@@ -247,10 +279,10 @@ class SAMDLoss(nn.Module):
     feature ``[B, C_t, H', W']``, the teacher's classifier weight ``[K, C_t]`` and logits ``[B, K]`` (its
     prediction picks the class of the CAM) and the number of time steps ``T``."""
 
-    def __init__(self, tau: float = 1.0):
+    def __init__(self, tau: float = 1.0, norm: str = "zscore"):
         super().__init__()
         _check_tau(tau)
-        self.tau = tau
+        self.tau, self.norm = tau, norm
 
     def forward(
         self,
@@ -262,31 +294,38 @@ class SAMDLoss(nn.Module):
     ) -> Tensor:
         cam = class_activation_map(teacher_feature.detach(), fc_weight.detach(), teacher_logits.argmax(-1))
         sam = spike_activation_map(student_feature, time_steps)
-        return samd_loss(sam, cam, self.tau)
+        return samd_loss(sam, cam, self.tau, self.norm)
 
 
 class NLDLoss(nn.Module):
     """``nld_loss`` as a module."""
 
-    def __init__(self, tau: float = 4.0, noise_scale: float = 1.0):
+    def __init__(self, tau: float = 4.0, noise_scale: float = 1.0, form: str = "additive"):
         super().__init__()
         _check_tau(tau)
-        self.tau, self.noise_scale = tau, noise_scale
+        self.tau, self.noise_scale, self.form = tau, noise_scale, form
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, generator: torch.Generator | None = None):
-        return nld_loss(student_logits, teacher_logits, self.tau, self.noise_scale, generator=generator)
+        return nld_loss(student_logits, teacher_logits, self.tau, self.noise_scale, generator=generator, form=self.form)
 
 
 class CKDLoss(nn.Module):
     """The ``ckd`` method (Liu et al., AAAI 2026): ``CE + alpha * NLD + beta * SAMD``."""
 
     def __init__(
-        self, alpha: float = 1.0, beta: float = 1.0, tau: float = 4.0, map_tau: float = 1.0, noise_scale: float = 1.0
+        self,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        tau: float = 4.0,
+        map_tau: float = 1.0,
+        noise_scale: float = 1.0,
+        samd_norm: str = "zscore",
+        nld_form: str = "additive",
     ):
         super().__init__()
         self.alpha, self.beta = alpha, beta
-        self.nld = NLDLoss(tau, noise_scale)
-        self.samd = SAMDLoss(map_tau)
+        self.nld = NLDLoss(tau, noise_scale, nld_form)
+        self.samd = SAMDLoss(map_tau, samd_norm)
 
     def terms(
         self,

@@ -250,16 +250,30 @@ def build_model(cfg: Config, kind: str, data: Dataset) -> nn.Module:
     kwargs = {}
     if kind == "snn":
         kwargs = dict(tau=cfg.neuron_tau, v_threshold=cfg.v_threshold, surrogate=cfg.surrogate)
+        kwargs.update(v_reset=0.0 if cfg.hard_reset else None, detach_reset=cfg.detach_reset)
     if cfg.dataset == "imagenet" and "resnet" in cfg.arch:
         kwargs["stem"] = "imagenet"
     return create_model(cfg.arch, kind, data.num_classes, data.in_channels, cfg.time_steps, **kwargs)
 
 
+def parameter_groups(cfg: Config, params: list[nn.Parameter]) -> list[dict]:
+    """One group with ``weight_decay``, or (``weight_decay_scope="weights"``) decay on conv and linear weights only
+    (the tensors of more than one dimension) and none on BatchNorm's affine and biases, as the rate-BP code does."""
+    if cfg.weight_decay_scope == "all":
+        return [dict(params=params, weight_decay=cfg.weight_decay)]
+    decayed = [p for p in params if p.dim() > 1]
+    return [
+        dict(params=decayed, weight_decay=cfg.weight_decay),
+        dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0),
+    ]
+
+
 def make_optimizer(cfg: Config, params: list[nn.Parameter], total_steps: int):
+    groups = parameter_groups(cfg, params)
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.schedule == "cosine":
         factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
     else:
@@ -301,7 +315,7 @@ def student_loss(cfg: Config, teacher: nn.Module) -> Callable:
             return kd.terms(net(model_input(x, "snn"), mode=mode), teacher_logits, y)
 
         return loss
-    ckd = CKDLoss(cfg.alpha, cfg.beta, cfg.tau, cfg.map_tau, cfg.noise_scale)
+    ckd = CKDLoss(cfg.alpha, cfg.beta, cfg.tau, cfg.map_tau, cfg.noise_scale, cfg.samd_norm, cfg.nld_form)
 
     def loss(net, x, y, g):
         with torch.no_grad():
@@ -371,6 +385,7 @@ def fit(
     per_epoch = steps_per_epoch(len(ctx.train), cfg.batch_size)
     total = epochs * per_epoch if not cfg.max_steps else min(epochs * per_epoch, cfg.max_steps)
     optimizer, scheduler = make_optimizer(cfg, params, total)
+    grad_divisor = cfg.time_steps if cfg.rate_grad_div_t and cfg.train_mode == "rate" and stage == "student" else 1
     step, elapsed, history, weights = 0, 0.0, [], {}
     probe_params = params if probe_params is None else probe_params
     if resume is not None:
@@ -441,7 +456,7 @@ def fit(
                 record = dict(stage=stage, step=step, term_grad_norm=norms, term_weight=weights)
                 ctx.log({**record, "time": round(time.perf_counter() - started, 3)})
             loss = sum(weights.get(name, 1.0) * term for name, term in terms.items())
-            (loss / len(parts)).backward()
+            (loss / (len(parts) * grad_divisor)).backward()
             loss_sum += loss.detach().double()
             for name, term in terms.items():
                 term_sums[name] = term_sums.get(name, 0.0) + term.detach().double() / len(parts)

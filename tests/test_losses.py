@@ -115,10 +115,10 @@ def test_class_and_spike_activation_maps():
 
 def test_samd_loss_raw_maps():
     student_map, teacher_map = torch.zeros(1, 1, 2), torch.tensor([[[LN3, 0.0]]])
-    assert samd_loss(student_map, teacher_map, 1.0, standardize=False).item() == pytest.approx(KL_34_12, abs=1e-6)
+    assert samd_loss(student_map, teacher_map, 1.0, norm="none").item() == pytest.approx(KL_34_12, abs=1e-6)
     # a 2x4 student map is average-pooled to the teacher's 1x2 grid
     big = torch.zeros(1, 2, 4)
-    assert samd_loss(big, teacher_map, 1.0, standardize=False).item() == pytest.approx(KL_34_12, abs=1e-6)
+    assert samd_loss(big, teacher_map, 1.0, norm="none").item() == pytest.approx(KL_34_12, abs=1e-6)
 
 
 def test_samd_loss_standardized_maps():
@@ -175,3 +175,31 @@ def test_ckd_loss_is_the_sum_of_its_parts():
         + 2.0 * SAMDLoss(1.0)(f_s, f_t, w, z_t, 4)
     )
     assert total.item() == pytest.approx(parts.item(), rel=1e-6)
+
+
+def test_samd_min_max_form_is_ckdsnn_s():
+    # relu(CAM) and a batch-global min-max: a teacher map [-5, 2] becomes [0, 1], a student map [1, 3] too -> 0
+    assert samd_loss(t([[1.0, 3.0]]), t([[-5.0, 2.0]]), tau=2.0, norm="minmax").item() == pytest.approx(0, abs=1e-6)
+    # [0, 1] against [1, 0] at tau 2, no tau^2: KL(softmax([1, 0] / 2) || softmax([0, 1] / 2))
+    p = torch.softmax(t([0.5, 0.0]), -1)
+    expected = (p * (p / p.flip(-1)).log()).sum().item()
+    assert samd_loss(t([[0.0, 1.0]]), t([[1.0, 0.0]]), tau=2.0, norm="minmax").item() == pytest.approx(
+        expected, abs=1e-6
+    )
+    with pytest.raises(ValueError, match="norm must be one of"):
+        samd_loss(t([[0.0, 1.0]]), t([[1.0, 0.0]]), norm="max")
+
+
+def test_nld_mixture_form_is_ckdsnn_s():
+    student, teacher = t([1.0, -1.0]), t([LN3, 0.0])
+    # no noise weight: plain KD
+    assert nld_loss(student, teacher, tau=2.0, noise_scale=0.0, form="mixture").item() == pytest.approx(
+        kd_loss(student, teacher, 2.0).item(), abs=1e-6
+    )
+    # mean 0, variance 2: noise [1, -1] gives noisy logits [2, -2]
+    noise = t([1.0, -1.0])
+    q = 0.9 * torch.softmax(student / 2, -1) + 0.1 * torch.softmax(t([2.0, -2.0]) / 2, -1)
+    p = torch.softmax(teacher / 2, -1)
+    expected = 4 * (p * (p / q).log()).sum().item()
+    got = nld_loss(student, teacher, tau=2.0, noise_scale=0.1, noise=noise, form="mixture")
+    assert got.item() == pytest.approx(expected, abs=1e-6)

@@ -205,13 +205,13 @@ def test_the_teacher_stays_frozen_in_eval_mode_while_the_student_learns(
 
 def test_samd_compares_the_last_stage_features(tmp_path, monkeypatch, teacher_checkpoint):
     shapes = []
-    real_forward = distill.trainer.CKDLoss.forward
+    real_terms = distill.trainer.CKDLoss.terms
 
-    def forward(self, student_logits, student_feature, teacher_logits, teacher_feature, *args):
+    def terms(self, student_logits, student_feature, teacher_logits, teacher_feature, *args):
         shapes.append((tuple(student_feature.shape[1:]), tuple(teacher_feature.shape[1:])))
-        return real_forward(self, student_logits, student_feature, teacher_logits, teacher_feature, *args)
+        return real_terms(self, student_logits, student_feature, teacher_logits, teacher_feature, *args)
 
-    monkeypatch.setattr(distill.trainer.CKDLoss, "forward", forward)
+    monkeypatch.setattr(distill.trainer.CKDLoss, "terms", terms)
     main([*QUICK, "--teacher", str(teacher_checkpoint), "--method", "ckd", "--max-steps", "1", "--out", str(tmp_path)])
     last_channels = load_checkpoint(teacher_checkpoint)["model"]["head.fc.weight"].shape[1]
     assert shapes and all(s[0] == t[0] == last_channels for s, t in shapes)

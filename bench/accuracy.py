@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--threads", type=int, default=1, help="torch CPU threads per run (default: 1)")
     add("--out", default="", help="results folder (default: bench/results/accuracy/<dataset>)")
     add("--runs", default="", help="run folders (default: runs/accuracy/<dataset>)")
+    add(
+        "--report-only",
+        action="store_true",
+        help="rewrite report.md and accuracy.png from OUT/results.json; run nothing",
+    )
     add("--quick", action="store_true", help=f"a tiny grid for tests: {QUICK} (given flags win)")
     add("extra", nargs="*", help="after --: flags passed to every distill.run row (e.g. -- --grad-clip 0)")
     return parser
@@ -198,16 +203,20 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summary(records: list[dict]) -> list[dict]:
-    """One line per (method, train mode, recipe): accuracy mean +- sd over seeds and the difference to ``direct``
-    of the same train mode and recipe, paired by seed."""
+    """One line per (method, train mode, recipe): accuracy mean +- sd over seeds and its differences to ``direct``
+    and to ``kd`` of the same train mode and recipe, paired by seed (None for the baseline itself or without it)."""
     groups: dict[tuple, dict[int, dict]] = {}
     for r in records:
         groups.setdefault((r["method"], r["train"], r["recipe"]), {})[r["seed"]] = r
+
+    def paired_difference(by_seed: dict[int, dict], baseline: str, train_mode: str, recipe: str):
+        base = groups.get((baseline, train_mode, recipe), {})
+        paired = [100 * (by_seed[s]["accuracy"] - base[s]["accuracy"]) for s in by_seed if s in base]
+        return mean_sd(paired) if paired and by_seed is not base else None
+
     lines = []
     for (label, train_mode, recipe), by_seed in groups.items():
         accuracy = mean_sd([100 * r["accuracy"] for r in by_seed.values()])
-        direct = groups.get(("direct", train_mode, recipe), {})
-        paired = [100 * (by_seed[s]["accuracy"] - direct[s]["accuracy"]) for s in by_seed if s in direct]
         lines.append(
             dict(
                 method=label,
@@ -215,7 +224,8 @@ def summary(records: list[dict]) -> list[dict]:
                 recipe=recipe,
                 seeds=sorted(by_seed),
                 accuracy=accuracy,
-                vs_direct=mean_sd(paired) if paired and label != "direct" else None,
+                vs_direct=paired_difference(by_seed, "direct", train_mode, recipe),
+                vs_kd=paired_difference(by_seed, "kd", train_mode, recipe),
                 firing_rate=statistics.fmean(r["firing_rate"] for r in by_seed.values()),
                 train_time_s=statistics.fmean(r["train_time_s"] for r in by_seed.values()),
             )
@@ -236,24 +246,29 @@ def write_report(path: Path, results: dict) -> None:
         f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.",
         f"Grid: `{settings['command']}`",
         "",
-        "| method | train | recipe | seeds | accuracy (mean +- sd) | vs direct (paired, mean +- sd) | firing rate "
-        "| train time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | train | recipe | seeds | accuracy (mean +- sd) | vs direct (paired) | vs kd (paired) "
+        "| firing rate | train time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary(results["records"]):
-        vs = "-" if s["vs_direct"] is None else f"{s['vs_direct'][0]:+.2f} +- {s['vs_direct'][1]:.2f}"
+        vs_direct, vs_kd = (_difference(s[key]) for key in ("vs_direct", "vs_kd"))
         lines.append(
             f"| {s['method']} | {s['train']} | {s['recipe']} | {','.join(map(str, s['seeds']))} "
-            f"| {s['accuracy'][0]:.2f} +- {s['accuracy'][1]:.2f} % | {vs} | {100 * s['firing_rate']:.1f} % "
-            f"| {s['train_time_s']:.0f} s |"
+            f"| {s['accuracy'][0]:.2f} +- {s['accuracy'][1]:.2f} % | {vs_direct} | {vs_kd} "
+            f"| {100 * s['firing_rate']:.1f} % | {s['train_time_s']:.0f} s |"
         )
     lines += [
         "",
-        "`convert` starts from the teacher's weights; every other row from scratch. sd: sample standard deviation "
-        "over seeds. Each run's command is in results.json.",
+        "`convert` starts from the teacher's weights; every other row from scratch. Accuracy: mean +- sample "
+        "standard deviation over seeds; vs direct / vs kd: mean +- sd over seeds of the difference, in points, to that "
+        "row's run with the same seed (same training subset and sample order). Each run's command is in results.json.",
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _difference(value: tuple[float, float] | None) -> str:
+    return "-" if value is None else f"{value[0]:+.2f} +- {value[1]:.2f}"
 
 
 def write_plot(path: Path, results: dict) -> bool:
@@ -304,6 +319,13 @@ def save(out: Path, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.report_only:
+        path = args.out / "results.json"
+        if not path.exists():
+            raise SystemExit(f"error: --report-only: no {path}; run the grid first")
+        results = json.loads(path.read_text())
+        save(args.out, results)
+        return results
     teacher, teacher_command = ensure_teacher(args)
     settings = dict(
         dataset=args.dataset,

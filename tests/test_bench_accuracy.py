@@ -43,6 +43,8 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
     assert json.loads((out / "results.json").read_text())["records"] == records
     with pytest.raises(SystemExit, match="other settings"):
         main([*argv, "--epochs", "3"])
+    (out / "report.md").unlink()
+    assert main(["--report-only", "--out", str(out)])["records"] == records and (out / "report.md").exists()
 
 
 def test_summary_pairs_the_difference_to_direct_by_seed():
@@ -54,4 +56,5 @@ def test_summary_pairs_the_difference_to_direct_by_seed():
     lines = {s["method"]: s for s in summary(records)}
     assert lines["kd"]["accuracy"] == pytest.approx(mean_sd([72.0, 83.0]))
     assert lines["kd"]["vs_direct"] == pytest.approx((2.5, mean_sd([2.0, 3.0])[1]))
-    assert lines["direct"]["vs_direct"] is None
+    assert lines["direct"]["vs_direct"] is None and lines["kd"]["vs_kd"] is None
+    assert lines["direct"]["vs_kd"] == pytest.approx((-2.5, mean_sd([2.0, 3.0])[1]))

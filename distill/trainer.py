@@ -355,8 +355,13 @@ def term_grad_norms(terms: dict[str, Tensor], params: list[nn.Parameter]) -> dic
 
 
 def balanced_weights(norms: dict[str, float], reference: str) -> dict[str, float]:
-    """Each term's weight ``min(1, |grad reference| / |grad term|)``: no term's gradient exceeds the reference's."""
-    return {name: min(1.0, norms[reference] / norm) if norm > 0 else 1.0 for name, norm in norms.items()}
+    """Each term's weight ``min(1, |grad reference| / |grad term|)``: no term's gradient exceeds the reference's. A
+    reference with no gradient (a student that does not spike yet) leaves every weight at 1, so that the other terms
+    can still move it."""
+    reference_norm = norms[reference]
+    if not reference_norm > 0:
+        return dict.fromkeys(norms, 1.0)
+    return {name: min(1.0, reference_norm / norm) if norm > 0 else 1.0 for name, norm in norms.items()}
 
 
 # ----------------------------------------------------------------------------------------------- one stage

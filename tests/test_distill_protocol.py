@@ -11,6 +11,7 @@ import torch
 from distill.checkpoint import load_checkpoint
 from distill.config import METHODS, Config, parse_config
 from distill.run import main
+from distill.trainer import balanced_weights
 from models import HybridNet, create_model
 
 QUICK = ["--threads", "1", "--progress", "off", "--test-subset", "64"]
@@ -119,3 +120,9 @@ def test_blockwise_trains_without_gradient_clipping(tmp_path, digits_teacher):
     probes = [r for r in metrics(out) if "term_grad_norm" in r]
     assert [r["step"] for r in probes] == [0, 50]  # 2 epochs of 45 steps, --balance-every 50
     assert set(probes[0]["term_weight"]) == {"student", "hybrid1", "hybrid2"}
+
+
+def test_balanced_weights():
+    norms = {"student": 2.0, "hybrid1": 20.0, "hybrid2": 1.0}
+    assert balanced_weights(norms, "student") == {"student": 1.0, "hybrid1": 0.1, "hybrid2": 1.0}
+    assert balanced_weights({"student": 0.0, "hybrid1": 5.0}, "student") == {"student": 1.0, "hybrid1": 1.0}

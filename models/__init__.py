@@ -14,6 +14,7 @@ from models.network import Head, Network
 from models.neuron import LIF, MODES, FiringRates
 from models.registry import create_model, list_models
 from models.streams import Streams
+from models.weights import LoadedWeights, load_weights
 
 __all__ = [
     "BatchNorm2d",
@@ -21,6 +22,7 @@ __all__ = [
     "Head",
     "HybridNet",
     "LIF",
+    "LoadedWeights",
     "MODES",
     "Network",
     "PoissonEncoder",
@@ -28,5 +30,6 @@ __all__ = [
     "create_model",
     "direct_encode",
     "list_models",
+    "load_weights",
     "make_layers",
 ]

@@ -1,6 +1,9 @@
-"""Shared test set-up: the Triton interpreter on CPU-only machines, a seed fixture, and the `cuda` marker."""
+"""Shared test set-up: the Triton interpreter on CPU-only machines, a seed fixture, the `cuda` marker, and
+torchvision where it is installed."""
 
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -29,3 +32,15 @@ def seed() -> int:
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def torchvision():
+    """torchvision (the `vision` extra), or the test is skipped where it is not installed.
+
+    PyPI's torchvision for torch 2.13.0 is a CUDA build: on a CPU-only torch its C++ ops do not load and the import
+    fails in `torchvision._meta_registrations`. Its models and transforms are pure Python, so the tests stand that
+    one module in with an empty one before importing it (here only; the library never does this).
+    """
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    return pytest.importorskip("torchvision")

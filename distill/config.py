@@ -46,7 +46,17 @@ class Config:
     test_subset: int = option(0, "evaluate on a fixed random subset of this many samples (0 = all)")
     augment: bool = option(True, "random crop with padding and flip (as suits the data set), on the device")
     # models
-    arch: str = option("tiny_resnet", "architecture of the teacher ANN and the student SNN", tuple(list_models()))
+    arch: str = option("tiny_resnet", "architecture of the student SNN (and of the teacher ANN)", tuple(list_models()))
+    teacher_arch: str = option(
+        "",
+        "architecture of the teacher ANN ('' = --arch); kd and ckd take any, blockwise one with the student's stages",
+        ("", *list_models()),
+    )
+    stem: str = option(
+        "auto",
+        "ResNets' stem (auto = imagenet for the imagenet data set, else cifar; torchvision weights need imagenet)",
+        ("auto", "cifar", "imagenet"),
+    )
     time_steps: int = option(4, "SNN time steps T (event data: must equal the frames per sample)")
     neuron_tau: float = option(2.0, "LIF membrane time constant")
     v_threshold: float = option(1.0, "LIF firing threshold")
@@ -63,7 +73,16 @@ class Config:
     splits: str = option("", "blockwise: comma-separated stage indices k of the hybrids M_k ('' = 1..K-1)")
     align: str = option("conv_bn", "blockwise: alignment module phi", ("conv_bn", "conv", "identity"))
     # teacher
-    teacher: str = option("", "load the teacher from this checkpoint instead of training it")
+    teacher: str = option(
+        "",
+        "use the teacher in this file as it is, instead of training one: a SpikeKD teacher.pt or a state_dict file "
+        "(SpikeKD's layout, or torchvision's / timm's ResNet)",
+    )
+    teacher_weights: str = option(
+        "",
+        "start the teacher stage from the weights in this file (as --teacher accepts) and fine-tune them for "
+        "--teacher-epochs; the head starts fresh where its class count differs from the data set's",
+    )
     teacher_epochs: int = option(15, "epochs of teacher training")
     # optimisation (both stages)
     epochs: int = option(15, "epochs of student training")
@@ -100,6 +119,11 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.epochs < 0 or self.teacher_epochs < 0:
             raise ValueError(f"epochs and teacher_epochs must be >= 0, got {self.epochs} and {self.teacher_epochs}")
+        if self.teacher and self.teacher_weights:
+            raise ValueError(
+                "teacher (use a teacher as it is) and teacher_weights (fine-tune one from these weights) exclude "
+                f"each other, got {self.teacher!r} and {self.teacher_weights!r}"
+            )
         if self.device != "auto":
             try:
                 torch.device(self.device)

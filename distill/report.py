@@ -11,7 +11,7 @@ from distill.evaluate import E_AC_PJ, E_MAC_PJ
 def summary_rows(results: dict) -> list[tuple[str, str]]:
     cfg = results["config"]
     return [
-        ("data set", f"{cfg['dataset']} ({cfg['arch']}, T={cfg['time_steps']})"),
+        ("data set", f"{cfg['dataset']} ({architectures(cfg)}, T={cfg['time_steps']})"),
         ("method", f"{cfg['method']} / {cfg['train_mode']}"),
         ("teacher accuracy", f"{100 * results['teacher_acc']:.2f} %"),
         ("student accuracy", f"{100 * results['student_acc']:.2f} %"),
@@ -20,6 +20,12 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
         ("time", f"teacher {results['teacher_time_s']:.1f} s, student {results['student_time_s']:.1f} s"),
         ("peak memory", f"{results['peak_memory_mb']:.0f} MiB ({results['device']})"),
     ]
+
+
+def architectures(cfg: dict) -> str:
+    """ "resnet18", or "resnet34 -> resnet18" where the teacher's architecture differs from the student's."""
+    teacher = cfg.get("teacher_arch") or cfg["arch"]
+    return cfg["arch"] if teacher == cfg["arch"] else f"{teacher} -> {cfg['arch']}"
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from distill.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from distill.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from distill.config import Config
 from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_flip
@@ -34,7 +35,8 @@ from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mi
 from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
 from distill.memory import peak_resident_bytes
-from models import HybridNet, create_model
+from models import HybridNet, LoadedWeights, create_model, load_weights
+from models.weights import read_weights_file
 
 STAGES = ("teacher", "student")
 PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
@@ -114,7 +116,7 @@ def setup(cfg: Config) -> Context:
         if not cfg.resume:
             for name in ("checkpoint.pt", "metrics.jsonl", "teacher.pt", "student.pt", "results.json", "report.md"):
                 (run_dir / name).unlink(missing_ok=True)
-    check_input_size(cfg, train)
+    check_architectures(cfg, train)
     ctx = Context(cfg, device, rank, world_size, train, test, run_dir)
     ctx.barrier()
     return ctx
@@ -135,29 +137,66 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def check_input_size(cfg: Config, data: Dataset) -> None:
-    """Runs the ANN twin of `cfg.arch` on one blank image of the data set's size, so that images too small for the
-    architecture's downsampling stop the run here, with a way out, rather than at its first step."""
+def check_architectures(cfg: Config, data: Dataset) -> None:
+    """Runs the ANN twins of the student's and the teacher's architecture on one blank image of the data set's size,
+    so that images too small for an architecture's downsampling, or a block-wise teacher whose stages do not match
+    the student's, stop the run here with a way out rather than at its first step; and checks that the student can
+    start from the teacher's weights where it is asked to."""
+    student_sizes = stage_sizes(cfg, "--arch", cfg.arch, data)
+    teacher = teacher_arch(cfg)
+    if teacher == cfg.arch:
+        return
+    teacher_sizes = stage_sizes(cfg, "--teacher-arch", teacher, data)
+    if cfg.method == "blockwise" and teacher_sizes != student_sizes:
+        height, width = data.sample_shape[-2:]
+        raise SetupError(
+            f"--method blockwise runs the teacher's stages after the student's, so their stages must match: on "
+            f"{height}x{width} images --teacher-arch {teacher} has {len(teacher_sizes)} stages of sizes "
+            f"{teacher_sizes}, --arch {cfg.arch} has {len(student_sizes)} of sizes {student_sizes}; pick a teacher "
+            "of the student's family (resnet18 and resnet34, vgg11 and vgg16, ...) or use --method kd or ckd"
+        )
+    if cfg.init_from_teacher:
+        raise SetupError(
+            f"--init-from-teacher copies the teacher's weights into the student, so it needs one architecture, but "
+            f"--teacher-arch is {teacher} and --arch is {cfg.arch}; pass --no-init-from-teacher"
+        )
+
+
+def stage_sizes(cfg: Config, flag: str, arch: str, data: Dataset) -> list[tuple[int, int]]:
+    """The spatial size of each stage's output of `arch`'s ANN twin on the data set's images."""
     height, width = data.sample_shape[-2:]
-    net = build_model(cfg, "ann", data).eval()
+    net = build_model(cfg, "ann", data, arch).eval()
     try:
         with torch.no_grad():
-            net(torch.zeros(1, data.in_channels, height, width))
+            _, features = net(torch.zeros(1, data.in_channels, height, width), return_features=True)
     except RuntimeError as error:
         raise SetupError(
-            f"--arch {cfg.arch} cannot take the {height}x{width} images of {cfg.dataset} ({error}); use an "
+            f"{flag} {arch} cannot take the {height}x{width} images of {cfg.dataset} ({error}); use an "
             "architecture for small images (tiny_resnet, tiny_vgg) or, for imagenet and cifar10_dvs, a larger "
             "--image-size"
         ) from error
+    return [tuple(f.shape[-2:]) for f in features]
 
 
-def build_model(cfg: Config, kind: str, data: Dataset) -> nn.Module:
+def teacher_arch(cfg: Config) -> str:
+    return cfg.teacher_arch or cfg.arch
+
+
+def build_model(cfg: Config, kind: str, data: Dataset, arch: str | None = None) -> nn.Module:
+    """The SNN student (kind "snn") or the ANN teacher (kind "ann"); `arch` None: the one `cfg` gives that kind."""
+    arch = arch or (cfg.arch if kind == "snn" else teacher_arch(cfg))
     kwargs = {}
     if kind == "snn":
         kwargs = dict(tau=cfg.neuron_tau, v_threshold=cfg.v_threshold, surrogate=cfg.surrogate)
-    if cfg.dataset == "imagenet" and "resnet" in cfg.arch:
-        kwargs["stem"] = "imagenet"
-    return create_model(cfg.arch, kind, data.num_classes, data.in_channels, cfg.time_steps, **kwargs)
+    if "resnet" in arch:
+        kwargs["stem"] = resnet_stem(cfg)
+    return create_model(arch, kind, data.num_classes, data.in_channels, cfg.time_steps, **kwargs)
+
+
+def resnet_stem(cfg: Config) -> str:
+    if cfg.stem != "auto":
+        return cfg.stem
+    return "imagenet" if cfg.dataset == "imagenet" else "cifar"
 
 
 def make_optimizer(cfg: Config, params: list[nn.Parameter], total_steps: int):
@@ -360,15 +399,31 @@ def _peak_memory_mb(device: torch.device) -> float:
     return peak_resident_bytes() / 2**20
 
 
-def load_teacher(path: str | Path, teacher: nn.Module) -> None:
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("stage") != "teacher":
-        raise CheckpointError(f"--teacher {path}: holds a {checkpoint.get('stage')!r} stage, not a teacher")
+def load_teacher(path: str | Path, teacher: nn.Module, flag: str = "--teacher") -> LoadedWeights:
+    """Loads the weights in `path` into `teacher`: a SpikeKD teacher checkpoint, or a state_dict file in SpikeKD's or
+    torchvision's ResNet layout (`models.weights`), read with torch.load(weights_only=True). `flag` "--teacher" (the
+    teacher is used as it is) needs its head to fit the data set; "--teacher-weights" (it is fine-tuned) leaves a
+    fresh head where the class counts differ."""
     try:
-        teacher.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        arch = checkpoint.get("config", {}).get("arch")
-        raise CheckpointError(f"--teacher {path}: its weights ({arch}) do not fit this --arch: {error}") from error
+        stored = read_weights_file(path)
+        spikekd_checkpoint = isinstance(stored, Mapping) and stored.get("format") == CHECKPOINT_FORMAT
+        stage = stored.get("stage") if spikekd_checkpoint else "teacher"
+        if stage != "teacher":
+            raise ValueError(f"holds a {stage!r} stage, not a teacher")
+        loaded = load_weights(teacher, stored)
+    except (ValueError, FileNotFoundError) as error:
+        raise CheckpointError(f"{flag} {path}: {error}") from error
+    if loaded.head_replaced and flag == "--teacher":
+        raise CheckpointError(
+            f"--teacher {path}: its head has {loaded.source_classes} classes, the data set "
+            f"{teacher.head.fc.out_features}; pass it as --teacher-weights to fine-tune it with a new head"
+        )
+    return loaded
+
+
+def describe(loaded: LoadedWeights) -> str:
+    head = f"head of {loaded.source_classes} classes replaced" if loaded.head_replaced else "head kept"
+    return f"{loaded.layout} layout, {head}"
 
 
 def resumed_config(cfg: Config) -> tuple[Config, dict]:
@@ -408,6 +463,10 @@ def train(cfg: Config) -> dict:
         load_teacher(run_dir / "teacher.pt", teacher)
         teacher_summary = load_checkpoint(run_dir / "teacher.pt").get("summary", {})
     else:
+        if cfg.teacher_weights:
+            loaded = load_teacher(cfg.teacher_weights, teacher, "--teacher-weights")
+            if ctx.is_main:
+                print(f"teacher: starts from {cfg.teacher_weights} ({describe(loaded)})", file=sys.stderr)
         teacher_resume = resume if resume is not None and resume["stage"] == "teacher" else None
         params = list(teacher.parameters())
         teacher_summary = fit(

@@ -55,7 +55,7 @@ def read_state_dict(weights: nn.Module | Mapping | str | Path) -> dict[str, Tens
     if isinstance(weights, nn.Module):
         state = weights.state_dict()
     elif isinstance(weights, (str, Path)):
-        state = _read_file(Path(weights))
+        state = read_weights_file(Path(weights))
     elif isinstance(weights, Mapping):
         state = weights
     else:
@@ -70,7 +70,9 @@ def read_state_dict(weights: nn.Module | Mapping | str | Path) -> dict[str, Tens
     return {_strip_wrappers(k): v for k, v in state.items()}
 
 
-def _read_file(path: Path) -> Mapping:
+def read_weights_file(path: str | Path) -> Mapping:
+    """What a weights file holds, read with torch.load(weights_only=True) onto the CPU; clear errors otherwise."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights: no file {path}")
     try:

@@ -184,13 +184,18 @@ def teacher_arch(cfg: Config) -> str:
 
 def build_model(cfg: Config, kind: str, data: Dataset, arch: str | None = None) -> nn.Module:
     """The SNN student (kind "snn") or the ANN teacher (kind "ann"); `arch` None: the one `cfg` gives that kind."""
+    return create_model(**model_args(cfg, kind, data, arch))
+
+
+def model_args(cfg: Config, kind: str, data: Dataset, arch: str | None = None) -> dict:
+    """The arguments of `create_model` for the student or the teacher, as saved beside their weights."""
     arch = arch or (cfg.arch if kind == "snn" else teacher_arch(cfg))
-    kwargs = {}
+    args = dict(name=arch, kind=kind, num_classes=data.num_classes, in_channels=data.in_channels, T=cfg.time_steps)
     if kind == "snn":
-        kwargs = dict(tau=cfg.neuron_tau, v_threshold=cfg.v_threshold, surrogate=cfg.surrogate)
+        args.update(tau=cfg.neuron_tau, v_threshold=cfg.v_threshold, surrogate=cfg.surrogate)
     if "resnet" in arch:
-        kwargs["stem"] = resnet_stem(cfg)
-    return create_model(arch, kind, data.num_classes, data.in_channels, cfg.time_steps, **kwargs)
+        args["stem"] = resnet_stem(cfg)
+    return args
 
 
 def resnet_stem(cfg: Config) -> str:
@@ -490,7 +495,14 @@ def train(cfg: Config) -> dict:
         ctx, "student", module, params, student_loss(cfg, teacher), cfg.epochs, student_eval, student_resume
     )
     if ctx.is_main:
-        final = dict(stage="student", model=student.state_dict(), config=cfg.to_dict(), summary=student_summary)
+        final = dict(
+            stage="student",
+            model=student.state_dict(),
+            model_args=model_args(cfg, "snn", ctx.train),
+            input=dict(mean=list(ctx.train.mean), std=list(ctx.train.std)),
+            config=cfg.to_dict(),
+            summary=student_summary,
+        )
         save_checkpoint(run_dir / "student.pt", final)
     student_acc = student_eval()
 

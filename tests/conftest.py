@@ -5,6 +5,7 @@ import os
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +45,24 @@ def torchvision():
     """
     sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
     return pytest.importorskip("torchvision")
+
+
+@pytest.fixture
+def write_image_folder():
+    """Writes an ImageFolder tree: `write(root, {"train": {"cat": 3, ...}, "val": {...}}, size, suffix)` makes
+    root/<split>/<class>/<i><suffix> RGB images of `size` x `size`, each class with its own mean colour, and
+    returns root. Needs Pillow."""
+    image_module = pytest.importorskip("PIL.Image")
+
+    def write(root, splits: dict, size: int = 16, suffix: str = ".png", seed: int = 0):
+        rng = np.random.default_rng(seed)
+        for split, classes in splits.items():
+            for index, (name, count) in enumerate(sorted(classes.items())):
+                folder = root / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(count):
+                    pixels = rng.normal(60 + 120 * (index % 2), 40, (size, size, 3)).clip(0, 255).astype(np.uint8)
+                    image_module.fromarray(pixels).save(folder / f"{i}{suffix}", format="PNG")
+        return root
+
+    return write

@@ -61,12 +61,15 @@ class Dataset:
     def in_channels(self) -> int:
         return self.sample_shape[-3]
 
-    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-        """Samples ``index`` (int64 ``[B]``) as ``x`` float32 ``[B, *sample_shape]`` normalised, ``y`` ``[B]``."""
+    def batch(self, index: Tensor, device: torch.device | str = "cpu", normalize: bool = True) -> tuple[Tensor, Tensor]:
+        """Samples ``index`` (int64 ``[B]``) as ``x`` float32 ``[B, *sample_shape]`` normalised (or, without
+        ``normalize``, only scaled: images in [0, 1]), ``y`` ``[B]``."""
         if self.images is not None:
             x = self.images[index].to(device, non_blocking=True).float() / self.scale
         else:
             x = torch.stack([self.loader(int(i)) for i in index]).to(device).float() / self.scale
+        if not normalize:
+            return x, self.labels[index].to(device)
         mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
         std = torch.tensor(self.std, device=device).view(-1, 1, 1)
         return (x - mean) / std, self.labels[index].to(device)

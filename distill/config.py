@@ -44,6 +44,9 @@ class Config:
     image_size: int = option(0, "side of ImageNet crops and DVS frames (0 = 224 / 48)")
     train_subset: int = option(0, "train on a fixed random subset of this many samples (0 = all)")
     test_subset: int = option(0, "evaluate on a fixed random subset of this many samples (0 = all)")
+    val_fraction: float = option(
+        0.1, "hold out this fraction of the training samples (fixed by --seed) to pick student_best.pt (0 = none)"
+    )
     augment: bool = option(True, "random crop with padding and flip (as suits the data set), on the device")
     # models
     arch: str = option("tiny_resnet", "architecture of the student SNN (and of the teacher ANN)", tuple(list_models()))
@@ -100,7 +103,7 @@ class Config:
     # run
     device: str = option("auto", "cpu, cuda, cuda:1 ... (auto = cuda when available; under torchrun, the local GPU)")
     seed: int = option(0, "seed of weights, sample order and augmentation")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    threads: int = option(0, "torch CPU threads (0 = the cores left idle, shared among the run's local processes)")
     out: str = option("", "run folder ('' = runs/<dataset>-<method>-<train>)")
     resume: bool = option(False, "continue the run in --out from its checkpoint, exactly")
     checkpoint_every: int = option(0, "also checkpoint every N optimizer steps, mid-epoch (0 = at epoch ends)")
@@ -119,6 +122,8 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.epochs < 0 or self.teacher_epochs < 0:
             raise ValueError(f"epochs and teacher_epochs must be >= 0, got {self.epochs} and {self.teacher_epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.teacher and self.teacher_weights:
             raise ValueError(
                 "teacher (use a teacher as it is) and teacher_weights (fine-tune one from these weights) exclude "

@@ -15,11 +15,24 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
         ("method", f"{cfg['method']} / {cfg['train_mode']}"),
         ("teacher accuracy", f"{100 * results['teacher_acc']:.2f} %"),
         ("student accuracy", f"{100 * results['student_acc']:.2f} %"),
+        *best_student_row(results.get("student_best") or {}),
         ("firing rate", f"{100 * results['firing_rate']:.2f} % (mean over LIF layers)"),
         ("energy / sample", f"SNN {results['snn_energy_uj']:.3f} uJ vs ANN {results['ann_energy_uj']:.3f} uJ"),
         ("time", f"teacher {results['teacher_time_s']:.1f} s, student {results['student_time_s']:.1f} s"),
-        ("peak memory", f"{results['peak_memory_mb']:.0f} MiB ({results['device']})"),
+        ("peak memory", f"{results['peak_memory_mb']:.0f} MiB ({results['device']}{threads(results)})"),
     ]
+
+
+def best_student_row(best: dict) -> list[tuple[str, str]]:
+    if not best:
+        return []
+    text = f"epoch {best['epoch']}: val {100 * best['val_acc']:.2f} %, test {100 * best['test_acc']:.2f} %"
+    return [("best student (val)", text + " (student_best.pt)")]
+
+
+def threads(results: dict) -> str:
+    count = results.get("threads")
+    return "" if count is None else f", {count} thread{'s' if count != 1 else ''}"
 
 
 def architectures(cfg: dict) -> str:
@@ -46,12 +59,13 @@ def write_report(path: str | Path, results: dict) -> None:
         "",
         "## Accuracy per epoch",
         "",
-        "| stage | epoch | step | test accuracy |",
-        "|---|---|---|---|",
+        "| stage | epoch | step | train loss | train accuracy | val accuracy | test accuracy |",
+        "|---|---|---|---|---|---|---|",
     ]
     for stage in ("teacher", "student"):
         for h in results[f"{stage}_history"]:
-            lines.append(f"| {stage} | {h['epoch']} | {h['step']} | {100 * h['test_acc']:.2f} % |")
+            cells = [stage, h["epoch"], h["step"], _number(h, "train_loss"), *_percents(h, "train", "val", "test")]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [
         "",
         "## Energy estimate (per sample)",
@@ -73,3 +87,11 @@ def write_report(path: str | Path, results: dict) -> None:
     lines += ["", "## Configuration", "", "```toml", Config.from_dict(cfg).to_toml().rstrip(), "```", ""]
     lines += ["Reproduce: `python -m distill.run --config config.toml` (this block, saved in the run folder).", ""]
     Path(path).write_text("\n".join(lines))
+
+
+def _number(record: dict, key: str) -> str:
+    return f"{record[key]:.4f}" if key in record else "-"
+
+
+def _percents(record: dict, *splits: str) -> list[str]:
+    return [f"{100 * record[f'{s}_acc']:.2f} %" if f"{s}_acc" in record else "-" for s in splits]

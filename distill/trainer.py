@@ -11,6 +11,7 @@ Run folder (``Config.run_dir``): ``checkpoint.pt`` (latest, of the stage in prog
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,13 +34,14 @@ from distill.config import Config
 from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_flip
 from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
 from distill.evaluate import accuracy, model_input, profile
-from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, cross_entropy
+from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, blockwise_loss, cross_entropy
 from distill.memory import peak_resident_bytes
 from models import HybridNet, LoadedWeights, create_model, load_weights
 from models.weights import read_weights_file
 
 STAGES = ("teacher", "student")
 PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
+RUN_FILES = ("teacher.pt", "student.pt", "student_best.pt")  # what a run leaves besides its logs
 RUN_CONTROL = ("resume", "out", "threads", "progress", "device", "log_every")  # may change when resuming
 
 
@@ -62,6 +64,7 @@ class Context:
     train: Dataset
     test: Dataset
     run_dir: Path
+    val: Dataset | None = None  # held out of the training samples; picks student_best.pt
 
     @property
     def is_main(self) -> bool:
@@ -75,6 +78,12 @@ class Context:
         if self.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def say(self, line: str) -> None:
+        """A progress line for the person watching, on stderr (beside any progress bar), from rank 0."""
+        if self.is_main:
+            tqdm.write(line, file=sys.stderr)
+            sys.stderr.flush()
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -94,8 +103,7 @@ def setup(cfg: Config) -> Context:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     root = cfg.data_dir or None
     size = cfg.image_size or None
     if cfg.download and world_size > 1 and rank != 0:
@@ -105,6 +113,7 @@ def setup(cfg: Config) -> Context:
     if cfg.download and world_size > 1 and rank == 0:
         dist.barrier()
     train, test = train.subset(cfg.train_subset, cfg.seed), test.subset(cfg.test_subset, cfg.seed)
+    train, val = train.split(cfg.val_fraction, cfg.seed)
     if train.time_steps is not None and train.time_steps != cfg.time_steps:
         raise DatasetError(
             f"time_steps={cfg.time_steps} but the {cfg.dataset} samples have {train.time_steps} frames; "
@@ -114,12 +123,22 @@ def setup(cfg: Config) -> Context:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
-            for name in ("checkpoint.pt", "metrics.jsonl", "teacher.pt", "student.pt", "results.json", "report.md"):
+            for name in (*RUN_FILES, "checkpoint.pt", "metrics.jsonl", "results.json", "report.md"):
                 (run_dir / name).unlink(missing_ok=True)
     check_architectures(cfg, train)
-    ctx = Context(cfg, device, rank, world_size, train, test, run_dir)
+    ctx = Context(cfg, device, rank, world_size, train, test, run_dir, val)
     ctx.barrier()
     return ctx
+
+
+def default_threads(processes_here: int) -> int:
+    """The torch CPU threads of ``--threads 0``: the cores this process may run on (its CPU affinity), less those
+    the machine's other work keeps busy (the 1-minute load average, rounded down), shared among the run's processes
+    on this machine; at least 1. An idle 16-core machine gives 16 (8 each for 2 processes); a 2-core machine with
+    another job running gives 1, where torch's default of 2 would make the two fight over the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, (cores - busy) // max(processes_here, 1))
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -219,27 +238,49 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter], total_steps: int):
 # ----------------------------------------------------------------------------------------------- losses
 
 
-def teacher_loss(net: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+@dataclass
+class StepLoss:
+    """A micro-batch's loss, the trained model's logits ``[B, classes]`` (for the train accuracy) and the loss's
+    parts worth logging (detached scalars: each branch's loss for blockwise)."""
+
+    loss: Tensor
+    logits: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+def teacher_loss(net: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> StepLoss:
     """The teacher stage's loss: cross-entropy of the ANN."""
-    return cross_entropy(net(model_input(x, "ann")), y)
+    logits = net(model_input(x, "ann"))
+    return StepLoss(cross_entropy(logits, y), logits)
 
 
 def student_loss(cfg: Config, teacher: nn.Module) -> Callable:
-    """The student stage's loss ``(net, x, y, generator) -> scalar`` for ``cfg.method``; ``net`` is what
+    """The student stage's loss ``(net, x, y, generator) -> StepLoss`` for ``cfg.method``; ``net`` is what
     ``student_module`` returns (possibly DDP-wrapped)."""
     mode = cfg.train_mode
     if cfg.method == "direct":
-        return lambda net, x, y, g: cross_entropy(net(model_input(x, "snn"), mode=mode), y)
+
+        def loss(net, x, y, g):
+            logits = net(model_input(x, "snn"), mode=mode)
+            return StepLoss(cross_entropy(logits, y), logits)
+
+        return loss
     if cfg.method == "blockwise":
         blockwise = BlockwiseLoss(cfg.alpha, cfg.tau)
-        return lambda net, x, y, g: blockwise(net(model_input(x, "snn"), mode=mode), y)
+
+        def loss(net, x, y, g):
+            outputs = net(model_input(x, "snn"), mode=mode)
+            return StepLoss(blockwise(outputs, y), outputs["student"], branch_losses(outputs, y, cfg))
+
+        return loss
     if cfg.method == "kd":
         kd = KDLoss(cfg.alpha, cfg.tau)
 
         def loss(net, x, y, g):
             with torch.no_grad():
                 teacher_logits = teacher(model_input(x, "ann"))
-            return kd(net(model_input(x, "snn"), mode=mode), teacher_logits, y)
+            logits = net(model_input(x, "snn"), mode=mode)
+            return StepLoss(kd(logits, teacher_logits, y), logits)
 
         return loss
     ckd = CKDLoss(cfg.alpha, cfg.beta, cfg.tau, cfg.map_tau, cfg.noise_scale)
@@ -249,9 +290,21 @@ def student_loss(cfg: Config, teacher: nn.Module) -> Callable:
             teacher_logits, teacher_features = teacher(model_input(x, "ann"), return_features=True)
         logits, features = net(model_input(x, "snn"), mode=mode, return_features=True)
         fc = teacher.head.fc.weight
-        return ckd(logits, features[-1], teacher_logits, teacher_features[-1], fc, y, cfg.time_steps, g)
+        total = ckd(logits, features[-1], teacher_logits, teacher_features[-1], fc, y, cfg.time_steps, g)
+        return StepLoss(total, logits)
 
     return loss
+
+
+@torch.no_grad()
+def branch_losses(outputs: dict[str, Tensor], y: Tensor, cfg: Config) -> dict[str, Tensor]:
+    """Each branch's term of the block-wise loss (they sum to it): ``{"loss_student": .., "loss_hybrid1": ..}``."""
+    teacher_logits = outputs["teacher"]
+    return {
+        f"loss_{name}": blockwise_loss([logits], y, teacher_logits, cfg.alpha, cfg.tau)
+        for name, logits in outputs.items()
+        if name != "teacher"
+    }
 
 
 def student_module(cfg: Config, student: nn.Module, teacher: nn.Module) -> tuple[nn.Module, list[nn.Parameter]]:
@@ -275,24 +328,28 @@ def fit(
     params: list[nn.Parameter],
     loss_fn: Callable,
     epochs: int,
-    evaluate: Callable[[], float],
+    evaluate: Callable[[str], float],
     resume: dict | None,
+    keep_best: Callable[[dict], None] | None = None,
 ) -> dict:
     """Trains ``module`` for ``epochs`` (at most ``max_steps`` steps), checkpointing into the run folder.
 
-    ``resume``: a checkpoint of this stage to continue from. Returns the stage's summary.
+    ``evaluate(split)``: the trained model's accuracy on "val" or "test". ``resume``: a checkpoint of this stage to
+    continue from. ``keep_best(record)``: called (on rank 0) at the end of each epoch whose validation accuracy beats
+    every earlier one. Returns the stage's summary.
     """
     cfg, stage_id = ctx.cfg, STAGES.index(stage)
     per_epoch = steps_per_epoch(len(ctx.train), cfg.batch_size)
     total = epochs * per_epoch if not cfg.max_steps else min(epochs * per_epoch, cfg.max_steps)
     optimizer, scheduler = make_optimizer(cfg, params, total)
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, tally = 0, 0.0, [], EpochTally()
     if resume is not None:
         module.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         set_rng_state(resume["rng"])
         step, elapsed, history = resume["step"], resume["elapsed"], resume["history"]
+        tally = EpochTally(**resume.get("tally", {}))
     net = module
     if ctx.world_size > 1:
         net = DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -305,6 +362,8 @@ def fit(
                 step=step,
                 elapsed=elapsed,
                 history=history,
+                tally=asdict(tally),
+                threads=torch.get_num_threads(),
                 model=module.state_dict(),
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
@@ -319,6 +378,7 @@ def fit(
     order_epoch, order = -1, None
     module.train()
     started = time.perf_counter() - elapsed
+    session_start = (step, elapsed)  # for the ETA: the pace of this process, not of an earlier one
     while step < total:
         epoch, in_epoch = divmod(step, per_epoch)
         if epoch != order_epoch:
@@ -326,6 +386,7 @@ def fit(
         parts = micro_batches(order, in_epoch, cfg.batch_size, ctx.rank, ctx.world_size, cfg.grad_accum)
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        step_parts: dict[str, float] = {}
         for i, index in enumerate(parts):
             micro = ctx.rank * cfg.grad_accum + i
             generator = torch.Generator().manual_seed(mix_seed(cfg.seed, stage_id, step, micro))
@@ -335,9 +396,12 @@ def fit(
             last = i == len(parts) - 1
             sync = nullcontext() if last or net is module else net.no_sync()
             with sync, torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.autocast):
-                loss = loss_fn(net, x, y, generator)
-            (loss / len(parts)).backward()
-            loss_sum += loss.detach().double()
+                out = loss_fn(net, x, y, generator)
+            (out.loss / len(parts)).backward()
+            loss_sum += out.loss.detach().double()
+            tally.count(out.logits, y)
+            for name, value in out.parts.items():  # this rank's micro-batches
+                step_parts[name] = step_parts.get(name, 0.0) + float(value) / len(parts)
         if ctx.world_size > 1:
             dist.all_reduce(loss_sum)
         loss_value = float(loss_sum) / (len(parts) * ctx.world_size)
@@ -359,22 +423,84 @@ def fit(
         scheduler.step()
         step += 1
         elapsed = time.perf_counter() - started
+        tally.add_step(loss_value, step_parts)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         if step % cfg.log_every == 0 or step == total:
             record = dict(stage=stage, step=step, epoch=epoch + 1, loss=loss_value, lr=lr, grad_norm=grad_norm)
-            ctx.log({**record, "time": round(elapsed, 3)})
+            ctx.log({**record, **step_parts, "time": round(elapsed, 3)})
         end_of_epoch = step % per_epoch == 0 or step == total
         if end_of_epoch:
-            acc = evaluate()
-            history.append(dict(epoch=epoch + 1, step=step, test_acc=acc))
-            ctx.log(dict(stage=stage, step=step, epoch=epoch + 1, test_acc=acc, time=round(elapsed, 3)))
+            record = dict(epoch=epoch + 1, step=step, **tally.summary(ctx.world_size, ctx.device))
+            if ctx.val is not None:
+                record["val_acc"] = evaluate("val")
+            record["test_acc"] = evaluate("test")
+            tally = EpochTally()
+            history.append(record)
+            ctx.log(dict(stage=stage, **record, time=round(elapsed, 3)))
+            pace = (elapsed - session_start[1]) / max(step - session_start[0], 1)
+            ctx.say(epoch_line(stage, record, math.ceil(total / per_epoch), total, elapsed, pace * (total - step)))
+            if keep_best is not None and ctx.is_main and is_best(history):
+                keep_best(record)
         if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             checkpoint(done=step == total)
     bar.close()
     if resume is None and total == 0:
         checkpoint(done=True)
     return dict(steps=step, time_s=elapsed, history=history)
+
+
+@dataclass
+class EpochTally:
+    """Sums over the steps of the epoch in progress: the loss, the train accuracy of the trained model's logits on
+    the (augmented) training batches, and the loss's logged parts. Saved in checkpoints, so that an epoch resumed
+    mid-way reports the same figures."""
+
+    steps: int = 0
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def count(self, logits: Tensor, y: Tensor) -> None:
+        self.correct += int((logits.detach().argmax(-1) == y).sum())
+        self.seen += len(y)
+
+    def add_step(self, loss: float, parts: dict[str, float]) -> None:
+        self.steps += 1
+        self.loss += loss
+        for name, value in parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + value
+
+    def summary(self, world_size: int, device: torch.device) -> dict[str, float]:
+        """train_loss and train_acc (over every rank's samples), and the mean of each part over the epoch's steps."""
+        counts = torch.tensor([self.correct, self.seen], dtype=torch.float64, device=device)
+        if world_size > 1:
+            dist.all_reduce(counts)
+        steps = max(self.steps, 1)
+        means = {name: value / steps for name, value in self.parts.items()}
+        return dict(train_loss=self.loss / steps, train_acc=float(counts[0] / counts[1].clamp_min(1)), **means)
+
+
+def is_best(history: list[dict]) -> bool:
+    """Whether the last epoch's validation accuracy beats every earlier epoch's (ties keep the earlier one)."""
+    scores = [h["val_acc"] for h in history if "val_acc" in h]
+    return "val_acc" in history[-1] and all(history[-1]["val_acc"] > score for score in scores[:-1])
+
+
+def epoch_line(stage: str, record: dict, epochs: int, total: int, elapsed: float, eta: float) -> str:
+    """One line a person reads: ``teacher epoch 2/15 step 56/420 | loss 0.412 | train 87.1 % | val .. | ...``."""
+    splits = [name for name in ("train", "val", "test") if f"{name}_acc" in record]
+    accuracies = [f"{name} {100 * record[f'{name}_acc']:.2f} %" for name in splits]
+    return " | ".join(
+        [
+            f"{stage} epoch {record['epoch']}/{epochs} step {record['step']}/{total}",
+            f"loss {record['train_loss']:.4f}",
+            *accuracies,
+            f"{elapsed:.1f} s",
+            f"ETA {eta:.0f} s",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -445,22 +571,56 @@ def resumed_config(cfg: Config) -> tuple[Config, dict]:
     return Config.from_dict({**cfg.to_dict(), **saved}), checkpoint
 
 
+def evaluator(ctx: Context, model: nn.Module) -> Callable[[str], float]:
+    """``evaluate(split)``: the accuracy of ``model`` on "val" (held out of the training samples) or "test", each
+    rank on its share."""
+    shards = {"test": (ctx.test, eval_shard(len(ctx.test), ctx.rank, ctx.world_size))}
+    if ctx.val is not None:
+        shards["val"] = (ctx.val, eval_shard(len(ctx.val), ctx.rank, ctx.world_size))
+
+    def evaluate(split: str) -> float:
+        data, index = shards[split]
+        return accuracy(model, data, ctx.device, ctx.cfg.eval_batch_size, index, ctx.autocast)
+
+    return evaluate
+
+
+def student_file(ctx: Context, student: nn.Module, summary: dict) -> dict:
+    """What ``student.pt`` and ``student_best.pt`` hold: the SNN's weights, the arguments of ``create_model`` that
+    rebuild it and its input normalisation (what ``models.load_student`` reads), the options and a summary."""
+    return dict(
+        stage="student",
+        model=student.state_dict(),
+        model_args=model_args(ctx.cfg, "snn", ctx.train),
+        input=dict(mean=list(ctx.train.mean), std=list(ctx.train.std)),
+        config=ctx.cfg.to_dict(),
+        summary=summary,
+    )
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """The record of the epoch with the best validation accuracy (the first of equals), or {} without validation."""
+    scored = [h for h in history if "val_acc" in h]
+    return max(scored, key=lambda h: h["val_acc"]) if scored else {}
+
+
 def train(cfg: Config) -> dict:
     """Runs the whole job described by ``cfg``; returns the summary also written to ``results.json``."""
     resume = None
     if cfg.resume:
         cfg, resume = resumed_config(cfg)
+        if not cfg.threads and "threads" in resume:  # the threads it ran with: the same rounding, the same weights
+            cfg = dataclasses.replace(cfg, threads=resume["threads"])
     ctx = setup(cfg)
     run_dir, device = ctx.run_dir, ctx.device
     if resume is not None:
         _truncate_metrics(ctx, resume["stage"], resume["step"])
     if ctx.is_main:
         (run_dir / "config.toml").write_text(cfg.to_toml())
-    eval_index = eval_shard(len(ctx.test), ctx.rank, ctx.world_size)
 
     torch.manual_seed(cfg.seed)
     teacher = build_model(cfg, "ann", ctx.train).to(device)
-    teacher_eval = lambda: accuracy(teacher, ctx.test, device, cfg.eval_batch_size, eval_index, ctx.autocast)
+    teacher_eval = evaluator(ctx, teacher)
     teacher_summary: dict = {}
     if cfg.teacher:
         load_teacher(cfg.teacher, teacher)
@@ -482,29 +642,24 @@ def train(cfg: Config) -> dict:
             save_checkpoint(run_dir / "teacher.pt", final)
         ctx.barrier()
         resume = None
-    teacher_acc = teacher_eval()
+    teacher_acc = teacher_eval("test")
 
     student = build_model(cfg, "snn", ctx.train).to(device)
     if cfg.init_from_teacher:
         student.load_state_dict(teacher.state_dict())
     module, params = student_module(cfg, student, teacher)
     module.to(device)
-    student_eval = lambda: accuracy(student, ctx.test, device, cfg.eval_batch_size, eval_index, ctx.autocast)
+    student_eval = evaluator(ctx, student)
     student_resume = resume if resume is not None and resume["stage"] == "student" else None
-    student_summary = fit(
-        ctx, "student", module, params, student_loss(cfg, teacher), cfg.epochs, student_eval, student_resume
-    )
+
+    def keep_best(record: dict) -> None:
+        save_checkpoint(run_dir / "student_best.pt", student_file(ctx, student, dict(best=record)))
+
+    loss_fn = student_loss(cfg, teacher)
+    student_summary = fit(ctx, "student", module, params, loss_fn, cfg.epochs, student_eval, student_resume, keep_best)
     if ctx.is_main:
-        final = dict(
-            stage="student",
-            model=student.state_dict(),
-            model_args=model_args(cfg, "snn", ctx.train),
-            input=dict(mean=list(ctx.train.mean), std=list(ctx.train.std)),
-            config=cfg.to_dict(),
-            summary=student_summary,
-        )
-        save_checkpoint(run_dir / "student.pt", final)
-    student_acc = student_eval()
+        save_checkpoint(run_dir / "student.pt", student_file(ctx, student, student_summary))
+    student_acc = student_eval("test")
 
     results = dict(teacher_acc=teacher_acc, student_acc=student_acc, run_dir=str(run_dir))
     if ctx.is_main:
@@ -522,6 +677,8 @@ def train(cfg: Config) -> dict:
             student_time_s=student_summary["time_s"],
             teacher_history=teacher_summary.get("history", []),
             student_history=student_summary["history"],
+            student_best=best_epoch(student_summary["history"]),
+            threads=torch.get_num_threads(),
             peak_memory_mb=_peak_memory_mb(device),
             device=str(device),
             world_size=ctx.world_size,

@@ -79,6 +79,21 @@ class Dataset:
         if size >= len(self) or size <= 0:
             return self
         keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+        return self.select(keep)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+        """(rest, held out): ``round(fraction * len)`` samples, fixed by ``seed``, held out of this set (a validation
+        split of the training set); None where that rounds to no sample."""
+        held = round(fraction * len(self))
+        if held <= 0:
+            return self, None
+        if held >= len(self):
+            raise ValueError(f"val_fraction={fraction} holds out all {len(self)} training samples")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed + 1))
+        return self.select(order[held:].sort().values), self.select(order[:held].sort().values)
+
+    def select(self, keep: Tensor) -> Dataset:
+        """The samples ``keep`` (int64 indices), in that order."""
         if self.images is not None:
             images, loader = self.images[keep], None
         else:

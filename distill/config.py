@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from distill.datasets.augment import AUGMENT_HELP, parse_augment
 from models import list_models
 
 try:
@@ -47,7 +48,8 @@ class Config:
     val_fraction: float = option(
         0.1, "hold out this fraction of the training samples (fixed by --seed) to pick student_best.pt (0 = none)"
     )
-    augment: bool = option(True, "random crop with padding and flip (as suits the data set), on the device")
+    augment: str = option("standard", AUGMENT_HELP)
+    workers: int = option(2, "DataLoader processes that read, decode and augment samples (0 = the training process)")
     # models
     arch: str = option("tiny_resnet", "architecture of the student SNN (and of the teacher ANN)", tuple(list_models()))
     teacher_arch: str = option(
@@ -122,6 +124,9 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.epochs < 0 or self.teacher_epochs < 0:
             raise ValueError(f"epochs and teacher_epochs must be >= 0, got {self.epochs} and {self.teacher_epochs}")
+        parse_augment(self.augment)
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.teacher and self.teacher_weights:
@@ -154,6 +159,8 @@ class Config:
     def from_dict(cls, values: dict) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k.replace("-", "_"): v for k, v in values.items()}
+        if isinstance(values.get("augment"), bool):  # runs saved when augment was an on/off switch
+            values["augment"] = "standard" if values["augment"] else "none"
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}; known: {sorted(names)}")

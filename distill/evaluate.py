@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from distill.datasets import DATASETS, SPLITS, Dataset, DatasetError, load_dataset
+from distill.datasets.pipeline import batches
 from models import LIF, FiringRates, load_student
 from models.student import student_file
 from models.weights import read_weights_file
@@ -47,16 +48,17 @@ def accuracy(
     batch_size: int = 256,
     index: Tensor | None = None,
     autocast: bool = False,
+    workers: int = 0,
 ) -> float:
     """Top-1 accuracy of ``model`` (an ANN or an SNN in eval mode) on ``data[index]``; under ``torch.distributed``
-    each rank passes its own ``index`` and the counts are summed over ranks."""
+    each rank passes its own ``index`` and the counts are summed over ranks. ``workers``: DataLoader processes that
+    read sets stored as files."""
     index = torch.arange(len(data)) if index is None else index
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.float64, device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, len(index), batch_size):
-        x, y = data.batch(index[start : start + batch_size], device)
+    for x, y in batches(data, index.split(batch_size), device, workers):
         with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
             logits = model(model_input(x, model.kind))
         correct += (logits.argmax(-1) == y).sum()
@@ -122,6 +124,7 @@ def profile(
     index: Tensor,
     batch_size: int = 256,
     normalize: bool = True,
+    workers: int = 0,
 ) -> Profile:
     """Accuracy, firing rates of every LIF layer (spikes per neuron per time step) and operation counts per sample of
     ``model`` on ``data[index]``, in eval mode, on this process only. ``normalize`` False: the model takes the
@@ -133,8 +136,7 @@ def profile(
     correct = 0
     try:
         with FiringRates(model) if spiking else nullcontext() as rates:
-            for start in range(0, len(index), batch_size):
-                x, y = data.batch(index[start : start + batch_size], device, normalize)
+            for x, y in batches(data, index.split(batch_size), device, workers, normalize=normalize):
                 correct += int((model(model_input(x, model.kind)).argmax(-1) == y).sum())
     finally:
         counter.close()
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subset", type=int, help=subset_help)
     parser.add_argument("--batch-size", type=int, help="batch size (default: the run's --eval-batch-size)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader processes reading files (default: 2)")
     return parser
 
 
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> Profile:
             f"{data.name} has {data.in_channels} channels and {data.num_classes} classes"
         )
     batch_size = args.batch_size or config.get("eval_batch_size", 256)
-    result = profile(student, data, device, torch.arange(len(data)), batch_size, normalize=False)
+    result = profile(student, data, device, torch.arange(len(data)), batch_size, False, args.workers)
     result.firing_rates = {name.removeprefix("net."): rate for name, rate in result.firing_rates.items()}
     print(format_profile(f"{path} ({config.get('arch', 'SNN')}, T={student.T})", data, args.split, result))
     return result

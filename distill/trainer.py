@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +32,8 @@ from distill.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from distill.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from distill.config import Config
 from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_flip
+from distill.datasets.augment import SampleAugment, parse_augment
+from distill.datasets.pipeline import batches
 from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
 from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, blockwise_loss, cross_entropy
@@ -375,7 +377,9 @@ def fit(
 
     show = {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg.progress] and ctx.is_main
     bar = tqdm(total=total, initial=step, desc=stage, disable=not show, dynamic_ncols=True, leave=False)
-    order_epoch, order = -1, None
+    order_epoch, order, stream = -1, None, None
+    sample_augment = make_sample_augment(cfg, ctx.train)
+    standard_augment = "standard" in parse_augment(cfg.augment)
     module.train()
     started = time.perf_counter() - elapsed
     session_start = (step, elapsed)  # for the ETA: the pace of this process, not of an earlier one
@@ -383,28 +387,29 @@ def fit(
         epoch, in_epoch = divmod(step, per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(len(ctx.train), epoch, mix_seed(cfg.seed, stage_id))
-        parts = micro_batches(order, in_epoch, cfg.batch_size, ctx.rank, ctx.world_size, cfg.grad_accum)
+            stream = epoch_stream(ctx, order, range(in_epoch, per_epoch), (cfg.seed, stage_id, epoch), sample_augment)
+        accum = cfg.grad_accum
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         step_parts: dict[str, float] = {}
-        for i, index in enumerate(parts):
-            micro = ctx.rank * cfg.grad_accum + i
+        for i in range(accum):
+            micro = ctx.rank * accum + i
             generator = torch.Generator().manual_seed(mix_seed(cfg.seed, stage_id, step, micro))
-            x, y = ctx.train.batch(index, ctx.device)
-            if cfg.augment:
+            x, y = next(stream)
+            if standard_augment:
                 x = random_crop_flip(x, ctx.train.crop_padding, ctx.train.flip, generator)
-            last = i == len(parts) - 1
+            last = i == accum - 1
             sync = nullcontext() if last or net is module else net.no_sync()
             with sync, torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.autocast):
                 out = loss_fn(net, x, y, generator)
-            (out.loss / len(parts)).backward()
+            (out.loss / accum).backward()
             loss_sum += out.loss.detach().double()
             tally.count(out.logits, y)
             for name, value in out.parts.items():  # this rank's micro-batches
-                step_parts[name] = step_parts.get(name, 0.0) + float(value) / len(parts)
+                step_parts[name] = step_parts.get(name, 0.0) + float(value) / accum
         if ctx.world_size > 1:
             dist.all_reduce(loss_sum)
-        loss_value = float(loss_sum) / (len(parts) * ctx.world_size)
+        loss_value = float(loss_sum) / (accum * ctx.world_size)
         if not math.isfinite(loss_value):
             bar.close()
             where = ctx.run_dir / "checkpoint.pt"
@@ -480,6 +485,29 @@ class EpochTally:
         steps = max(self.steps, 1)
         means = {name: value / steps for name, value in self.parts.items()}
         return dict(train_loss=self.loss / steps, train_acc=float(counts[0] / counts[1].clamp_min(1)), **means)
+
+
+def epoch_stream(
+    ctx: Context, order: Tensor, steps: range, seed_parts: tuple[int, ...], augment: SampleAugment
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's micro-batches (x, y) of ``steps`` of the epoch whose sample order is ``order``, one after the other,
+    on the device; per-sample augmentation seeded by ``seed_parts`` and the sample's index."""
+    cfg = ctx.cfg
+    index_batches = [
+        index
+        for step in steps
+        for index in micro_batches(order, step, cfg.batch_size, ctx.rank, ctx.world_size, cfg.grad_accum)
+    ]
+    return batches(ctx.train, index_batches, ctx.device, cfg.workers, augment, seed_parts)
+
+
+def make_sample_augment(cfg: Config, data: Dataset) -> SampleAugment:
+    """The per-sample augmentations of ``--augment`` for ``data`` (a SetupError where they do not apply)."""
+    events = data.time_steps is not None
+    try:
+        return SampleAugment(parse_augment(cfg.augment), cfg.dataset, data.sample_shape[-1], events)
+    except ValueError as error:
+        raise SetupError(f"--{error}") from error
 
 
 def is_best(history: list[dict]) -> bool:
@@ -580,7 +608,7 @@ def evaluator(ctx: Context, model: nn.Module) -> Callable[[str], float]:
 
     def evaluate(split: str) -> float:
         data, index = shards[split]
-        return accuracy(model, data, ctx.device, ctx.cfg.eval_batch_size, index, ctx.autocast)
+        return accuracy(model, data, ctx.device, ctx.cfg.eval_batch_size, index, ctx.autocast, ctx.cfg.workers)
 
     return evaluate
 
@@ -664,7 +692,9 @@ def train(cfg: Config) -> dict:
     results = dict(teacher_acc=teacher_acc, student_acc=student_acc, run_dir=str(run_dir))
     if ctx.is_main:
         index = torch.arange(min(len(ctx.test), PROFILE_SAMPLES))
-        ann, snn = profile(teacher, ctx.test, device, index), profile(student, ctx.test, device, index)
+        workers = cfg.workers
+        ann = profile(teacher, ctx.test, device, index, workers=workers)
+        snn = profile(student, ctx.test, device, index, workers=workers)
         results.update(
             firing_rate=snn.mean_firing_rate,
             firing_rates=snn.firing_rates,

@@ -46,8 +46,8 @@ def test_every_option_has_a_documented_flag():
 def test_config_from_toml_and_flags(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('method = "kd"\ntime-steps = 2\nepochs = 7\n')
-    cfg = parse_config(["--config", str(path), "--epochs", "3", "--train", "bptt", "--no-augment"])
-    assert (cfg.method, cfg.time_steps, cfg.epochs, cfg.train_mode, cfg.augment) == ("kd", 2, 3, "bptt", False)
+    cfg = parse_config(["--config", str(path), "--epochs", "3", "--train", "bptt", "--augment", "none"])
+    assert (cfg.method, cfg.time_steps, cfg.epochs, cfg.train_mode, cfg.augment) == ("kd", 2, 3, "bptt", "none")
     assert parse_config([]) == Config()
     round_trip = tmp_path / "round.toml"
     round_trip.write_text(cfg.to_toml())

@@ -24,7 +24,7 @@ from models.neuron import LIF
 from models.registry import create_model
 from models.weights import read_weights_file
 
-STUDENT_FILES = ("student.pt",)  # what a run folder's student is, in order of preference
+STUDENT_FILES = ("student.pt",)  # a run folder's student: the last epoch's (pass student_best.pt's path for the best)
 
 
 class Student(nn.Module):

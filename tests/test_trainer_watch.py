@@ -9,6 +9,7 @@ import torch
 
 import distill.trainer
 from distill.datasets import Dataset
+from distill.evaluate import main as evaluate
 from distill.run import main
 from distill.trainer import default_threads, is_best
 
@@ -41,6 +42,7 @@ def test_student_best_is_chosen_on_validation_not_test(tmp_path):
     last = torch.load(tmp_path / "student.pt", weights_only=True)["model"]
     same = torch.equal(saved["model"]["head.fc.weight"], last["head.fc.weight"])
     assert same == (best["epoch"] == 3)
+    assert evaluate([str(tmp_path / "student_best.pt")]).accuracy == pytest.approx(best["test_acc"], abs=1e-9)
 
 
 def test_validation_is_held_out_of_the_training_samples():

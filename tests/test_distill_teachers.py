@@ -11,8 +11,9 @@ from models import create_model
 QUICK = ["--train-subset", "64", "--test-subset", "32", "--batch-size", "32", "--progress", "off", "--max-steps", "2"]
 
 
-def test_kd_from_a_teacher_of_another_architecture(tmp_path):
-    args = [*QUICK, "--method", "kd", "--teacher-arch", "tiny_vgg", "--no-init-from-teacher", "--out", str(tmp_path)]
+@pytest.mark.parametrize("method", ["kd", "ckd"])
+def test_distill_from_a_teacher_of_another_architecture(tmp_path, method):
+    args = [*QUICK, "--method", method, "--teacher-arch", "tiny_vgg", "--no-init-from-teacher", "--out", str(tmp_path)]
     results = main(args)
     teacher = torch.load(tmp_path / "teacher.pt", weights_only=True)["model"]
     assert any(name.startswith("stages.0.conv1") for name in teacher)  # tiny_vgg's layout, not tiny_resnet's

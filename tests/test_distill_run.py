@@ -30,7 +30,8 @@ def test_default_command_gives_the_readme_figures(tmp_path):
     # the README's figures and their spread across machines and thread counts
     assert abs(results["teacher_acc"] - 0.983) <= 0.01 and abs(results["student_acc"] - 0.97) <= 0.015
     assert 0 < results["firing_rate"] < 1 and results["snn_energy_uj"] < results["ann_energy_uj"]
-    for name in ("report.md", "metrics.jsonl", "student.pt", "student_best.pt", "teacher.pt", "checkpoint.pt", "config.toml"):
+    made = ("report.md", "metrics.jsonl", "student.pt", "student_best.pt", "teacher.pt", "checkpoint.pt", "config.toml")
+    for name in made:
         assert (run_dir / name).is_file()
     assert "student accuracy" in (run_dir / "report.md").read_text()
 

@@ -110,6 +110,11 @@ class Config:
     resume: bool = option(False, "continue the run in --out from its checkpoint, exactly")
     checkpoint_every: int = option(0, "also checkpoint every N optimizer steps, mid-epoch (0 = at epoch ends)")
     log_every: int = option(10, "write a metrics line every N steps")
+    log: str = option(
+        "jsonl",
+        "metrics go to metrics.jsonl; tensorboard: also TensorBoard scalars in <run>/tensorboard (extra tensorboard)",
+        ("jsonl", "tensorboard"),
+    )
     progress: str = option("auto", "progress bars (auto = only on a terminal)", ("auto", "on", "off"))
 
     def __post_init__(self):

@@ -44,7 +44,7 @@ from models.weights import read_weights_file
 STAGES = ("teacher", "student")
 PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
 RUN_FILES = ("teacher.pt", "student.pt", "student_best.pt")  # what a run leaves besides its logs
-RUN_CONTROL = ("resume", "out", "threads", "progress", "device", "log_every")  # may change when resuming
+RUN_CONTROL = ("resume", "out", "threads", "progress", "device", "log_every", "log", "workers")  # may change on resume
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,6 +67,7 @@ class Context:
     test: Dataset
     run_dir: Path
     val: Dataset | None = None  # held out of the training samples; picks student_best.pt
+    scalars: object | None = None  # a TensorBoard SummaryWriter under --log tensorboard, on rank 0
 
     @property
     def is_main(self) -> bool:
@@ -77,9 +78,16 @@ class Context:
         return self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
 
     def log(self, record: dict) -> None:
-        if self.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        """One metrics record: a line of metrics.jsonl and, under --log tensorboard, a scalar per number in it
+        (tag "<stage>/<key>", at the record's step)."""
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.scalars is not None:
+            for key, value in record.items():
+                if key not in ("stage", "step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.scalars.add_scalar(f"{record['stage']}/{key}", value, record["step"])
 
     def say(self, line: str) -> None:
         """A progress line for the person watching, on stderr (beside any progress bar), from rank 0."""
@@ -127,10 +135,24 @@ def setup(cfg: Config) -> Context:
         if not cfg.resume:
             for name in (*RUN_FILES, "checkpoint.pt", "metrics.jsonl", "results.json", "report.md"):
                 (run_dir / name).unlink(missing_ok=True)
+            for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+                events.unlink()
     check_architectures(cfg, train)
-    ctx = Context(cfg, device, rank, world_size, train, test, run_dir, val)
+    scalars = tensorboard_writer(run_dir) if cfg.log == "tensorboard" and rank == 0 else None
+    ctx = Context(cfg, device, rank, world_size, train, test, run_dir, val, scalars)
     ctx.barrier()
     return ctx
+
+
+def tensorboard_writer(run_dir: Path):
+    """A TensorBoard SummaryWriter into ``run_dir/tensorboard``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise SetupError(
+            f"--log tensorboard needs TensorBoard: pip install 'spikekd[tensorboard]' ({error})"
+        ) from error
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def default_threads(processes_here: int) -> int:
@@ -580,7 +602,7 @@ def load_teacher(path: str | Path, teacher: nn.Module, flag: str = "--teacher") 
     return loaded
 
 
-def describe(loaded: LoadedWeights) -> str:
+def loaded_summary(loaded: LoadedWeights) -> str:
     head = f"head of {loaded.source_classes} classes replaced" if loaded.head_replaced else "head kept"
     return f"{loaded.layout} layout, {head}"
 
@@ -659,7 +681,7 @@ def train(cfg: Config) -> dict:
         if cfg.teacher_weights:
             loaded = load_teacher(cfg.teacher_weights, teacher, "--teacher-weights")
             if ctx.is_main:
-                print(f"teacher: starts from {cfg.teacher_weights} ({describe(loaded)})", file=sys.stderr)
+                print(f"teacher: starts from {cfg.teacher_weights} ({loaded_summary(loaded)})", file=sys.stderr)
         teacher_resume = resume if resume is not None and resume["stage"] == "teacher" else None
         params = list(teacher.parameters())
         teacher_summary = fit(
@@ -718,5 +740,7 @@ def train(cfg: Config) -> dict:
         from distill.report import write_report
 
         write_report(run_dir / "report.md", results)
+    if ctx.scalars is not None:
+        ctx.scalars.close()
     ctx.barrier()
     return results

@@ -99,3 +99,14 @@ def test_is_best_keeps_the_first_of_equals():
     assert not is_best([{"val_acc": 0.5}, {"val_acc": 0.5}])
     assert is_best([{"val_acc": 0.5}, {"val_acc": 0.4}, {"val_acc": 0.6}])
     assert not is_best([{"test_acc": 0.5}])
+
+
+def test_tensorboard_scalars(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    args = [*QUICK, "--method", "blockwise", "--max-steps", "3", "--log-every", "1", "--log", "tensorboard"]
+    main([*args, "--out", str(tmp_path)])
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"teacher/loss", "teacher/test_acc", "student/loss_hybrid1", "student/train_acc", "student/val_acc"} <= tags
+    assert [e.step for e in events.Scalars("student/loss")] == [1, 2, 3]

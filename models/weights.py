@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-LAYOUTS = ("spikekd", "torchvision-resnet")
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
@@ -109,7 +108,8 @@ def _strip_wrappers(name: str) -> str:
 
 
 def detect_layout(state: Mapping[str, Tensor]) -> str:
-    """ "spikekd" or "torchvision-resnet"; raises for torchvision's VGG and for names of no known layout."""
+    """The layout of `state`'s names, "spikekd" or "torchvision-resnet"; raises for torchvision's VGG and for names
+    of no known layout."""
     names = set(state)
     if any(n.startswith(("stem.", "stages.", "head.")) for n in names):
         return "spikekd"

@@ -73,5 +73,7 @@ def test_event_frames_end_to_end(tmp_path):
             "tiny_vgg", "--batch-size", "12", "--max-steps", "2", "--progress", "off"]  # fmt: skip
     with pytest.raises(SystemExit, match="--time-steps 4"):
         main([*args, "--time-steps", "3", "--out", str(tmp_path / "bad")])
-    results = main([*args, "--time-steps", "4", "--method", "ckd", "--out", str(tmp_path / "run")])
+    results = main(
+        [*args, "--time-steps", "4", "--method", "ckd", "--augment", "standard,roll", "--out", str(tmp_path / "run")]
+    )
     assert results["firing_rates"] and 0 <= results["student_acc"] <= 1

@@ -82,6 +82,9 @@ def batches(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=2 if workers else None,
+        # Its own generator for the workers' base seed, so that loading leaves torch's global generator untouched
+        # (the samples' draws come from their own seeds anyway).
+        generator=torch.Generator().manual_seed(mix_seed(*seed_parts) if seed_parts else 0),
     )
     try:
         for x, y in loader:

@@ -69,3 +69,11 @@ def test_student_checkpoint_is_not_a_teacher(tmp_path):
         main([*QUICK, "--teacher", str(tmp_path / "a" / "student.pt"), "--out", str(tmp_path / "b")])
     lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert any(line["stage"] == "student" for line in lines)
+
+
+def test_blockwise_with_a_larger_teacher_of_the_same_stages(tmp_path):
+    """resnet20 (16/32/64 channels) teaches tiny_resnet (8/16/32): the alignment modules map the channels."""
+    args = [*QUICK, "--method", "blockwise", "--teacher-arch", "resnet20", "--no-init-from-teacher", "--log-every", "1"]
+    main([*args, "--out", str(tmp_path)])
+    hybrid = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    assert hybrid["align.1.0.weight"].shape == (16, 8, 1, 1) and hybrid["align.2.0.weight"].shape == (32, 16, 1, 1)

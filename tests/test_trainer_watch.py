@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import distill.trainer
-from distill.datasets import Dataset
+from distill.datasets import Dataset, DatasetError
 from distill.evaluate import main as evaluate
 from distill.run import main
 from distill.trainer import default_threads, is_best
@@ -52,7 +52,7 @@ def test_validation_is_held_out_of_the_training_samples():
     assert sorted(train.images.flatten().tolist() + val.images.flatten().tolist()) == list(range(200))
     assert torch.equal(val.labels, val.images.flatten() % 3)
     assert data.split(0.0, 0) == (data, None)
-    with pytest.raises(ValueError, match="holds out all"):
+    with pytest.raises(DatasetError, match="holds out all"):
         data.select(torch.arange(1)).split(0.9, 0)
     with pytest.raises(SystemExit, match=r"val_fraction must be in \[0, 1\), got 1.0"):
         main(["--val-fraction", "1.0"])

@@ -96,7 +96,7 @@ class Dataset:
         if held <= 0:
             return self, None
         if held >= len(self):
-            raise ValueError(f"val_fraction={fraction} holds out all {len(self)} training samples")
+            raise DatasetError(f"val_fraction={fraction} holds out all {len(self)} training samples; lower it")
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed + 1))
         return self.select(order[held:].sort().values), self.select(order[:held].sort().values)
 

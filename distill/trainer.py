@@ -680,6 +680,12 @@ def train(cfg: Config) -> dict:
     else:
         if cfg.teacher_weights:
             loaded = load_teacher(cfg.teacher_weights, teacher, "--teacher-weights")
+            if loaded.head_replaced and cfg.teacher_epochs == 0:
+                raise SetupError(
+                    f"--teacher-weights {cfg.teacher_weights}: its head of {loaded.source_classes} classes was "
+                    f"replaced by a new one for {ctx.train.num_classes}, which --teacher-epochs 0 would leave "
+                    "untrained; give the teacher at least one epoch"
+                )
             if ctx.is_main:
                 print(f"teacher: starts from {cfg.teacher_weights} ({loaded_summary(loaded)})", file=sys.stderr)
         teacher_resume = resume if resume is not None and resume["stage"] == "teacher" else None

@@ -53,11 +53,15 @@ def test_teacher_weights_with_another_head_are_fine_tuned(tmp_path, capsys):
     torch.save(source.state_dict(), tmp_path / "imagenet_head.pt")
     with pytest.raises(SystemExit, match="its head has 1000 classes, the data set 10; pass it as --teacher-weights"):
         main([*QUICK, "--teacher", str(tmp_path / "imagenet_head.pt"), "--out", str(tmp_path / "as_is")])
-    args = [*QUICK, "--method", "kd", "--teacher-weights", str(tmp_path / "imagenet_head.pt"), "--teacher-epochs", "0"]
+    args = [*QUICK, "--method", "kd", "--teacher-weights", str(tmp_path / "imagenet_head.pt")]
+    with pytest.raises(SystemExit, match="which --teacher-epochs 0 would leave untrained"):
+        main([*args, "--teacher-epochs", "0", "--out", str(tmp_path / "untrained")])
+    args += ["--teacher-epochs", "1"]
     main([*args, "--out", str(tmp_path / "tuned")])
     assert "head of 1000 classes replaced" in capsys.readouterr().err
     teacher = torch.load(tmp_path / "tuned" / "teacher.pt", weights_only=True)["model"]
-    assert torch.equal(teacher["stem.conv.weight"], source.stem.conv.weight)
+    assert not torch.equal(teacher["stem.conv.weight"], source.stem.conv.weight)  # fine-tuned ...
+    assert torch.allclose(teacher["stem.conv.weight"], source.stem.conv.weight, atol=0.1)  # ... from the file's
     assert teacher["head.fc.weight"].shape == (10, 32)
     with pytest.raises(SystemExit, match="exclude each other"):
         main([*args, "--teacher", str(tmp_path / "imagenet_head.pt"), "--out", str(tmp_path / "both")])

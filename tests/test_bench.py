@@ -110,7 +110,7 @@ def test_report_tables_and_targets(tmp_path):
     path, _ = report.write_report(run, tmp_path / "out", "test")
     markdown = path.read_text()
     assert "| 16 | 40.00 ms | 95.4 [94.4] | 160.00 ms | 1525.9 [1524.9] |" in markdown
-    assert "| 2^24 | float32 | 16 | 120.00 ms, 800 GB/s (80%) | 240.00 ms, 400 GB/s (40%) |" in markdown
+    assert "| 2^24 | float32 | 16 | 120.0 us, 800 GB/s (80%) | 240.0 us, 400 GB/s (40%) |" in markdown
 
 
 def test_report_without_matplotlib(tmp_path, monkeypatch):

@@ -140,7 +140,7 @@ pack
 CUDA_TESTS=(tests/test_kernels_layouts.py tests/test_kernels_lif.py tests/test_kernels_ops.py tests/test_models_cuda.py
             tests/test_kernels_peers.py tests/test_models_rate.py)
 BENCH=(-p no:cacheprovider --benchmark-only "${SCALE[@]}" "${ROUNDS[@]}" -q -rs)
-run_stage aot 45 "$PYTHON" -m kernels.aot --target "$AOT_TARGETS"
+run_stage aot 45 env -u TRITON_INTERPRET "$PYTHON" -m kernels.aot --target "$AOT_TARGETS"
 if [ "$DRY_RUN" = 1 ]; then
     run_stage tests 60 "$PYTHON" -m pytest "${CUDA_TESTS[@]}" -m cuda -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests.xml"
 else

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distill.datasets.augment import AUGMENT_HELP, parse_augment
+from distill.run_folder import MARKER as RUN_FOLDER_MARKER
 from models import list_models
 
 try:
@@ -24,7 +27,29 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = None
 
 METHODS = ("direct", "kd", "ckd", "blockwise")
+RUN_LOCATION = ("out", "resume", "overwrite")  # where a run writes: never taken from a run folder's saved config
 TRAIN_MODES = ("bptt", "rate")
+
+
+_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, "an integer >= 0")
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+# the accepted values of the numeric options: (test, what is accepted); the choices of the others are in their fields
+ACCEPTED = {
+    **dict.fromkeys(("time_steps", "batch_size", "grad_accum", "eval_batch_size", "log_every"), _AT_LEAST_1),
+    **dict.fromkeys(("epochs", "teacher_epochs", "max_steps", "checkpoint_every", "threads"), _AT_LEAST_0),
+    **dict.fromkeys(("train_subset", "test_subset", "image_size", "workers"), _AT_LEAST_0),
+    **dict.fromkeys(("lr", "v_threshold", "tau", "map_tau"), _POSITIVE),
+    **dict.fromkeys(("alpha", "beta", "noise_scale", "weight_decay", "grad_clip"), _NON_NEGATIVE),
+    "neuron_tau": (
+        lambda v: math.isfinite(v) and v >= 1,
+        "a finite number >= 1 (the membrane keeps 1 - 1/tau of itself)",
+    ),
+    "momentum": (lambda v: math.isfinite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "val_fraction": (lambda v: math.isfinite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63 - 1]"),
+}
 
 
 def option(default, help: str, choices: tuple | None = None, flag: str | None = None):
@@ -107,7 +132,10 @@ class Config:
     seed: int = option(0, "seed of weights, sample order and augmentation")
     threads: int = option(0, "torch CPU threads (0 = the cores left idle, shared among the run's local processes)")
     out: str = option("", "run folder ('' = runs/<dataset>-<method>-<train>)")
-    resume: bool = option(False, "continue the run in --out from its checkpoint, exactly")
+    resume: bool = option(
+        False, "continue the run in --out from its checkpoint, exactly (--lr and --threads may change)"
+    )
+    overwrite: bool = option(False, "start afresh in an --out that holds a finished or stopped run, replacing it")
     checkpoint_every: int = option(0, "also checkpoint every N optimizer steps, mid-epoch (0 = at epoch ends)")
     log_every: int = option(10, "write a metrics line every N steps")
     log: str = option(
@@ -118,32 +146,40 @@ class Config:
     progress: str = option("auto", "progress bars (auto = only on a terminal)", ("auto", "on", "off"))
 
     def __post_init__(self):
+        """Checks every option and their combinations, so that a bad one stops the run before any work."""
         for f in dataclasses.fields(self):
+            value = _plain(getattr(self, f.name))
+            setattr(self, f.name, value)  # numpy scalars as Python numbers, so that the saved config reads back
             choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
             if choices and value not in choices:
-                raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
-        positive = ("time_steps", "batch_size", "grad_accum", "eval_batch_size", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.epochs < 0 or self.teacher_epochs < 0:
-            raise ValueError(f"epochs and teacher_epochs must be >= 0, got {self.epochs} and {self.teacher_epochs}")
+                raise ValueError(f"{_flag(f)} must be one of {list(choices)}, got {value!r}")
+            accepted = ACCEPTED.get(f.name)
+            if accepted is not None and not accepted[0](value):
+                raise ValueError(f"{_flag(f)} must be {accepted[1]}, got {value!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"--batch-size {self.batch_size} must be a multiple of --grad-accum {self.grad_accum} "
+                "(each optimizer step splits the batch into that many equal micro-batches)"
+            )
+        if self.splits.strip():
+            parts = [k.strip() for k in self.splits.split(",")]
+            if not all(k.isdigit() and int(k) >= 1 for k in parts) or len(set(map(int, parts))) != len(parts):
+                raise ValueError(
+                    f"--splits must be distinct stage indices >= 1 separated by commas, got {self.splits!r}"
+                )
         parse_augment(self.augment)
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.teacher and self.teacher_weights:
             raise ValueError(
-                "teacher (use a teacher as it is) and teacher_weights (fine-tune one from these weights) exclude "
+                "--teacher (use a teacher as it is) and --teacher-weights (fine-tune one from these weights) exclude "
                 f"each other, got {self.teacher!r} and {self.teacher_weights!r}"
             )
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except RuntimeError:
-                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+                raise ValueError(f"--device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
 
     @property
     def run_dir(self) -> Path:
@@ -157,8 +193,10 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        """The options as a TOML file that ``--config`` reads back."""
-        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in self.to_dict().items())
+        """The options as a TOML file that ``--config`` reads back, without the run folder, ``resume`` and
+        ``overwrite``: a saved file starts a new run wherever ``--out`` says, never over the one it came from."""
+        items = self.to_dict().items()
+        return "".join(f"{k} = {_toml_value(v)}\n" for k, v in items if k not in RUN_LOCATION)
 
     @classmethod
     def from_dict(cls, values: dict) -> Config:
@@ -172,10 +210,15 @@ class Config:
         types = {"bool": (bool,), "int": (int,), "float": (float, int), "str": (str,)}
         for f in dataclasses.fields(cls):
             if f.name in values:
-                value = values[f.name]
+                value = _plain(values[f.name])
                 if not isinstance(value, types[str(f.type)]) or (f.type != "bool" and isinstance(value, bool)):
                     raise ValueError(f"{f.name} must be a {f.type}, got {value!r}")
         return cls(**values)
+
+
+def _plain(value):
+    """A numpy scalar (``np.float32(0.1)``, ``np.int64(3)``, ``np.bool_``) as the Python number it holds."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _toml_value(value) -> str:
@@ -214,20 +257,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
-    """Defaults, then ``--config FILE.toml``, then the flags given."""
+    """Defaults, then ``--config FILE.toml``, then (with ``--resume``) the options saved in the run folder, then the
+    flags given. A config file saved in a run folder never sets the run folder, ``resume`` or ``overwrite``."""
     given = vars(build_parser().parse_args(argv))
     values = {}
     path = given.pop("config", None)
     if path is not None:
-        if tomllib is None:
-            raise SystemExit("--config needs Python 3.11 or later (tomllib)")
-        try:
-            with open(path, "rb") as f:
-                values = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise SystemExit(f"--config: cannot read {path}: {error}") from error
+        values = _read_toml(Path(path), "--config")
+        if (Path(path).parent / RUN_FOLDER_MARKER).exists():
+            values = {k: v for k, v in values.items() if k.replace("-", "_") not in RUN_LOCATION}
     values.update(given)
     try:
+        if given.get("resume"):
+            saved = Path(Config.from_dict(values).run_dir) / "config.toml"
+            if saved.is_file():
+                values = {**values, **_read_toml(saved, "--resume"), **given}
         return Config.from_dict(values)
     except (ValueError, TypeError) as error:
         raise SystemExit(f"error: {error}") from error
+
+
+def _read_toml(path: Path, option: str) -> dict:
+    if tomllib is None:
+        raise SystemExit(f"{option} needs Python 3.11 or later (tomllib) to read {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SystemExit(f"{option}: cannot read {path}: {error}") from error
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in values:
+            raise SystemExit(f"{option}: {path} sets {name} twice (as {key!r} and as {name!r} or its dashed spelling)")
+        values[name] = value
+    return values

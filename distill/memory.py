@@ -1,4 +1,5 @@
-"""The process's resident memory (Linux /proc/self/status), for reports and the benchmarks' CPU figures.
+"""The process's resident memory (Linux /proc/self/status), for reports and the benchmarks' CPU figures, and the
+memory free for a run (``available_memory_bytes``), for the trainer's check of the options before it starts.
 
 The peak is VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a large process (pytest)
 would report its parent's size.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import resource
 import sys
+
+import torch
 
 
 def _status_bytes(field: str) -> int | None:
@@ -41,3 +44,18 @@ def reset_peak_resident() -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory free for a run on ``device``: CUDA's free memory, or the system's MemAvailable (Linux) for the CPU;
+    None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            line = next((line for line in f if line.startswith("MemAvailable:")), None)
+    except OSError:
+        return None
+    return None if line is None else int(line.split()[1]) * 1024

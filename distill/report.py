@@ -85,7 +85,8 @@ def write_report(path: str | Path, results: dict) -> None:
     ]
     lines += [f"| {name} | {rate:.4f} |" for name, rate in results["firing_rates"].items()]
     lines += ["", "## Configuration", "", "```toml", Config.from_dict(cfg).to_toml().rstrip(), "```", ""]
-    lines += ["Reproduce: `python -m distill.run --config config.toml` (this block, saved in the run folder).", ""]
+    lines += ["Reproduce: `python -m distill.run --config config.toml --out NEW_FOLDER` (this block, saved in the run "
+              "folder).", ""]  # fmt: skip
     Path(path).write_text("\n".join(lines))
 
 

@@ -7,12 +7,15 @@ from a file. Several processes or GPUs: ``torchrun --nproc_per_node=N -m distill
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from distill.checkpoint import CheckpointError
 from distill.config import parse_config
 from distill.datasets import DatasetError
 from distill.report import format_table, summary_rows
+from distill.run_folder import RunFolderError
+from distill.signals import Interrupted
 from distill.trainer import NonFiniteLossError, SetupError, train
 
 
@@ -20,7 +23,15 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(argv)
     try:
         results = train(cfg)
-    except (DatasetError, CheckpointError, NonFiniteLossError, SetupError) as error:
+    except Interrupted as stop:  # SIGINT / SIGTERM: a checkpoint was written at the step it arrived
+        print(stop, file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
+    except KeyboardInterrupt:  # outside the training steps, or a second Ctrl-C
+        print(f"interrupted; the run folder {cfg.run_dir} keeps its last checkpoint (--resume)", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    except (DatasetError, CheckpointError, NonFiniteLossError, SetupError, RunFolderError) as error:
+        raise SystemExit(f"error: {error}") from error
+    except OSError as error:  # a full or read-only disk, a file that vanished: the message names the file
         raise SystemExit(f"error: {error}") from error
     if "config" in results:  # rank 0
         print(format_table(summary_rows(results)))

@@ -15,10 +15,11 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,8 +29,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from distill.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from distill.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from distill.checkpoint import (
+    CheckpointError,
+    NonFiniteCheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from distill.config import Config
 from distill.datasets import Dataset, DatasetError, load_dataset, random_crop_flip
 from distill.datasets.augment import SampleAugment, parse_augment
@@ -37,18 +44,25 @@ from distill.datasets.pipeline import batches
 from distill.datasets.sampling import epoch_order, eval_shard, micro_batches, mix_seed, steps_per_epoch
 from distill.evaluate import accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, CKDLoss, KDLoss, blockwise_loss, cross_entropy
-from distill.memory import peak_resident_bytes
+from distill.memory import available_memory_bytes, peak_resident_bytes
+from distill.run_folder import RunLock, check_run_folder, claim, clear_results, remove_temporary_files
+from distill.signals import Interrupted, StopSignals
 from models import HybridNet, LoadedWeights, create_model, load_weights
 from models.weights import read_weights_file
 
 STAGES = ("teacher", "student")
 PROFILE_SAMPLES = 512  # test samples used for firing rates and operation counts
-RUN_FILES = ("teacher.pt", "student.pt", "student_best.pt")  # what a run leaves besides its logs
-RUN_CONTROL = ("resume", "out", "threads", "progress", "device", "log_every", "log", "workers")  # may change on resume
+# may change when resuming
+RUN_CONTROL = ("resume", "overwrite", "out", "progress", "device", "log_every", "log", "workers")
+CHANGEABLE_ON_RESUME = {  # may change when resuming too, but then the run differs from one that never stopped
+    "lr": "the learning rate of the remaining steps",
+    "threads": "CPU reductions may round differently",
+}
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped before applying that step."""
+    """The loss, the gradient or the state became NaN or infinite; the run stopped without applying or saving it, and
+    the message names the last checkpoint, which is finite."""
 
 
 class SetupError(RuntimeError):
@@ -67,7 +81,9 @@ class Context:
     test: Dataset
     run_dir: Path
     val: Dataset | None = None  # held out of the training samples; picks student_best.pt
-    scalars: object | None = None  # a TensorBoard SummaryWriter under --log tensorboard, on rank 0
+    scalars: object | None = None  # a TensorBoard SummaryWriter under --log tensorboard, on rank 0, once claimed
+    stop: StopSignals = field(default_factory=StopSignals)  # SIGINT / SIGTERM received while training
+    last_checkpoint: str = ""  # the last checkpoint written (all of them are finite), for the messages of a stop
 
     @property
     def is_main(self) -> bool:
@@ -104,7 +120,8 @@ class Context:
 
 
 def setup(cfg: Config) -> Context:
-    """Process group (under torchrun), device, threads, data and run folder."""
+    """Process group (under torchrun), device, threads, data, and the architecture's check on one image. Writes
+    nothing: the run folder is claimed once every check has passed (``claim_run_folder``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -122,6 +139,11 @@ def setup(cfg: Config) -> Context:
     test = load_dataset(cfg.dataset, "test", root, cfg.download, size)
     if cfg.download and world_size > 1 and rank == 0:
         dist.barrier()
+    for flag, asked, data in (("--train-subset", cfg.train_subset, train), ("--test-subset", cfg.test_subset, test)):
+        if asked > len(data):
+            raise SetupError(
+                f"{flag} {asked} is more than the {len(data)} samples of {cfg.dataset}'s split; pass 0 for all"
+            )
     train, test = train.subset(cfg.train_subset, cfg.seed), test.subset(cfg.test_subset, cfg.seed)
     train, val = train.split(cfg.val_fraction, cfg.seed)
     if train.time_steps is not None and train.time_steps != cfg.time_steps:
@@ -129,30 +151,26 @@ def setup(cfg: Config) -> Context:
             f"time_steps={cfg.time_steps} but the {cfg.dataset} samples have {train.time_steps} frames; "
             f"pass --time-steps {train.time_steps}"
         )
-    run_dir = cfg.run_dir
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
-            for name in (*RUN_FILES, "checkpoint.pt", "metrics.jsonl", "results.json", "report.md"):
-                (run_dir / name).unlink(missing_ok=True)
-            for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
-                events.unlink()
-    check_architectures(cfg, train)
-    scalars = tensorboard_writer(run_dir) if cfg.log == "tensorboard" and rank == 0 else None
-    ctx = Context(cfg, device, rank, world_size, train, test, run_dir, val, scalars)
+    check_data_size(cfg, train, world_size, len(val) if val is not None else 0)
+    check_models(cfg, train)
+    if cfg.log == "tensorboard" and rank == 0:
+        tensorboard_writer()  # installed: checked before the run folder changes
+    ctx = Context(cfg, device, rank, world_size, train, test, cfg.run_dir, val)
+    check_memory(ctx)
     ctx.barrier()
     return ctx
 
 
-def tensorboard_writer(run_dir: Path):
-    """A TensorBoard SummaryWriter into ``run_dir/tensorboard``."""
+def tensorboard_writer(run_dir: Path | None = None):
+    """A TensorBoard SummaryWriter into ``run_dir/tensorboard``; with no ``run_dir``, only the check that TensorBoard
+    is installed (a SetupError saying how to install it otherwise)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
         raise SetupError(
             f"--log tensorboard needs TensorBoard: pip install 'spikekd[tensorboard]' ({error})"
         ) from error
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return None if run_dir is None else SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def default_threads(processes_here: int) -> int:
@@ -180,29 +198,52 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def check_architectures(cfg: Config, data: Dataset) -> None:
-    """Runs the ANN twins of the student's and the teacher's architecture on one blank image of the data set's size,
-    so that images too small for an architecture's downsampling, or a block-wise teacher whose stages do not match
-    the student's, stop the run here with a way out rather than at its first step; and checks that the student can
-    start from the teacher's weights where it is asked to."""
+def check_data_size(cfg: Config, train: Dataset, world_size: int, held_out: int = 0) -> None:
+    """The batch options against the training set (after ``--train-subset`` and the ``held_out`` validation
+    samples) and the number of processes."""
+    if cfg.batch_size > len(train):
+        val = f" (after --val-fraction {cfg.val_fraction} held {held_out} out)" if held_out else ""
+        raise SetupError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(train)} training samples of {cfg.dataset}{val}; "
+            "pass a smaller --batch-size (or a larger --train-subset or a smaller --val-fraction)"
+        )
+    if cfg.batch_size % (world_size * cfg.grad_accum):
+        raise SetupError(
+            f"--batch-size {cfg.batch_size} must be a multiple of the {world_size} processes x --grad-accum "
+            f"{cfg.grad_accum}"
+        )
+
+
+def check_models(cfg: Config, data: Dataset) -> None:
+    """Builds the ANNs of the student's and the teacher's architecture, the SNN and (blockwise) the hybrid of ``cfg``
+    and runs the ANNs on one blank image of the data set's size, so that options the architectures cannot take
+    (images too small for their downsampling, a block-wise teacher whose stages do not match the student's, splits
+    past the stages, an alignment that cannot map the channels, a student started from the weights of another
+    architecture) stop the run here with a way out, before any training."""
     student_sizes = stage_sizes(cfg, "--arch", cfg.arch, data)
     teacher = teacher_arch(cfg)
-    if teacher == cfg.arch:
-        return
-    teacher_sizes = stage_sizes(cfg, "--teacher-arch", teacher, data)
-    if cfg.method == "blockwise" and teacher_sizes != student_sizes:
-        height, width = data.sample_shape[-2:]
-        raise SetupError(
-            f"--method blockwise runs the teacher's stages after the student's, so their stages must match: on "
-            f"{height}x{width} images --teacher-arch {teacher} has {len(teacher_sizes)} stages of sizes "
-            f"{teacher_sizes}, --arch {cfg.arch} has {len(student_sizes)} of sizes {student_sizes}; pick a teacher "
-            "of the student's family (resnet18 and resnet34, vgg11 and vgg16, ...) or use --method kd or ckd"
-        )
-    if cfg.init_from_teacher:
-        raise SetupError(
-            f"--init-from-teacher copies the teacher's weights into the student, so it needs one architecture, but "
-            f"--teacher-arch is {teacher} and --arch is {cfg.arch}; pass --no-init-from-teacher"
-        )
+    if teacher != cfg.arch:
+        teacher_sizes = stage_sizes(cfg, "--teacher-arch", teacher, data)
+        if cfg.method == "blockwise" and teacher_sizes != student_sizes:
+            height, width = data.sample_shape[-2:]
+            raise SetupError(
+                f"--method blockwise runs the teacher's stages after the student's, so their stages must match: on "
+                f"{height}x{width} images --teacher-arch {teacher} has {len(teacher_sizes)} stages of sizes "
+                f"{teacher_sizes}, --arch {cfg.arch} has {len(student_sizes)} of sizes {student_sizes}; pick a "
+                "teacher of the student's family (resnet18 and resnet34, vgg11 and vgg16, ...) or use --method kd "
+                "or ckd"
+            )
+        if cfg.init_from_teacher:
+            raise SetupError(
+                f"--init-from-teacher copies the teacher's weights into the student, so it needs one architecture, "
+                f"but --teacher-arch is {teacher} and --arch is {cfg.arch}; pass --no-init-from-teacher"
+            )
+    try:
+        student = build_model(cfg, "snn", data)
+        if cfg.method == "blockwise":
+            HybridNet(student, build_model(cfg, "ann", data), splits=cfg.split_list, align=cfg.align)
+    except ValueError as error:
+        raise SetupError(f"--arch {cfg.arch}: {error}") from error
 
 
 def stage_sizes(cfg: Config, flag: str, arch: str, data: Dataset) -> list[tuple[int, int]]:
@@ -219,6 +260,60 @@ def stage_sizes(cfg: Config, flag: str, arch: str, data: Dataset) -> list[tuple[
             "--image-size"
         ) from error
     return [tuple(f.shape[-2:]) for f in features]
+
+
+def check_memory(ctx: Context) -> None:
+    """Estimates each stage's training memory and refuses options that need more than the device has free, before
+    any training: the model's weights, gradients and momentum, plus the tensors a forward pass keeps for backward,
+    measured on 2 samples and scaled to the micro-batch (what they keep grows in proportion to it)."""
+    cfg, device = ctx.cfg, ctx.device
+    micro = cfg.batch_size // (ctx.world_size * cfg.grad_accum)
+    available = available_memory_bytes(device)
+    if available is None:
+        return
+    teacher = build_model(cfg, "ann", ctx.train).to(device)
+    stages = {"student": build_model(cfg, "snn", ctx.train).to(device)}
+    if cfg.method == "blockwise":
+        stages["student"] = HybridNet(stages["student"], teacher, cfg.split_list, cfg.align)
+    if not cfg.teacher:
+        stages["teacher"] = build_model(cfg, "ann", ctx.train).to(device)
+    for stage, module in stages.items():
+        state = 3 * sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+        per_sample = saved_for_backward_bytes(ctx, module, samples=2) / 2
+        needed = state + per_sample * micro
+        if needed > available:
+            gib = 2**30
+            raise SetupError(
+                f"the {stage} stage's training step at --time-steps {cfg.time_steps} with micro-batches of {micro} "
+                f"samples (--batch-size {cfg.batch_size} / {ctx.world_size} processes / --grad-accum "
+                f"{cfg.grad_accum}) needs about {needed / gib:.1f} GiB ({per_sample / 2**20:.1f} MiB a sample), but "
+                f"{device} has {available / gib:.1f} GiB free; raise --grad-accum, or lower --batch-size or "
+                "--time-steps"
+            )
+
+
+def saved_for_backward_bytes(ctx: Context, module: nn.Module, samples: int) -> int:
+    """The bytes of the tensors (other than parameters) that a training forward pass of ``module`` on ``samples``
+    training samples keeps for its backward pass, each storage counted once."""
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    kept: dict[int, int] = {}
+
+    def keep(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    x, _ = ctx.train.batch(torch.arange(samples), ctx.device)
+    is_ann = getattr(module, "kind", "snn") == "ann"  # a HybridNet runs the SNN's modes
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        with torch.autocast(ctx.device.type, torch.bfloat16, enabled=ctx.autocast):
+            if is_ann:
+                module(model_input(x, "ann"))
+            else:
+                module(model_input(x, "snn"), mode=ctx.cfg.train_mode)
+    return sum(kept.values())
 
 
 def teacher_arch(cfg: Config) -> str:
@@ -257,6 +352,14 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter], total_steps: int):
     else:
         factor = lambda step: 1.0
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """Makes ``lr`` the peak of the schedule from its current step on (what a changed ``--lr`` does on resume)."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -371,9 +474,11 @@ def fit(
         module.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        set_base_lr(optimizer, scheduler, cfg.lr)  # --resume may lower it
         set_rng_state(resume["rng"])
         step, elapsed, history = resume["step"], resume["elapsed"], resume["history"]
         tally = EpochTally(**resume.get("tally", {}))
+        ctx.last_checkpoint = f"{ctx.run_dir / 'checkpoint.pt'} ({stage} stage, step {step})"
     net = module
     if ctx.world_size > 1:
         net = DistributedDataParallel(module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -394,7 +499,13 @@ def fit(
                 rng=rng_state(),
                 config=cfg.to_dict(),
             )
-            save_checkpoint(ctx.run_dir / "checkpoint.pt", state)
+            path = ctx.run_dir / "checkpoint.pt"
+            try:
+                save_checkpoint(path, state)
+            except NonFiniteCheckpointError as error:
+                bar.close()
+                raise NonFiniteLossError(f"{stage} stage, step {step}: {error}. {last_good(ctx)}") from error
+            ctx.last_checkpoint = f"{path} ({stage} stage, step {step})"
         ctx.barrier()
 
     show = {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg.progress] and ctx.is_main
@@ -429,20 +540,27 @@ def fit(
             tally.count(out.logits, y)
             for name, value in out.parts.items():  # this rank's micro-batches
                 step_parts[name] = step_parts.get(name, 0.0) + float(value) / accum
-        if ctx.world_size > 1:
-            dist.all_reduce(loss_sum)
+        stop_on_any_rank = False
+        if ctx.world_size > 1:  # with the loss, whether a rank got a signal: all ranks stop at the same step
+            stop_flag = torch.tensor(float(ctx.stop.requested), dtype=torch.float64, device=ctx.device)
+            reduced = torch.stack([loss_sum, stop_flag])
+            dist.all_reduce(reduced)
+            loss_sum, stop_on_any_rank = reduced[0], bool(reduced[1] > 0)
         loss_value = float(loss_sum) / (accum * ctx.world_size)
         if not math.isfinite(loss_value):
             bar.close()
-            where = ctx.run_dir / "checkpoint.pt"
             raise NonFiniteLossError(
                 f"{stage} stage: the loss is {loss_value} at step {step + 1} (epoch {epoch + 1}); stopped before "
-                f"applying it. The last good checkpoint is {where}"
-                + ("" if where.exists() else " (none written yet)")
-                + "; try a lower --lr, --grad-clip or --amp off."
+                f"applying it. {last_good(ctx)}"
             )
         if cfg.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            if not math.isfinite(grad_norm):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"{stage} stage: the gradient's norm is {grad_norm} at step {step + 1} (epoch {epoch + 1}); "
+                    f"stopped before applying it. {last_good(ctx)}"
+                )
         else:
             grad_norm = float("nan")
         lr = optimizer.param_groups[0]["lr"]
@@ -469,8 +587,17 @@ def fit(
             ctx.say(epoch_line(stage, record, math.ceil(total / per_epoch), total, elapsed, pace * (total - step)))
             if keep_best is not None and ctx.is_main and is_best(history):
                 keep_best(record)
-        if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        stop_requested = stop_on_any_rank if ctx.world_size > 1 else ctx.stop.requested
+        if end_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_requested:
             checkpoint(done=step == total)
+        if stop_requested:
+            bar.close()
+            signum = ctx.stop.signum or signal.SIGTERM  # a rank that did not see the signal stops with the others
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} after {stage} step {step} of {total}; checkpoint written: "
+                f"{ctx.last_checkpoint}. Continue with: python -m distill.run --resume --out {ctx.run_dir}",
+                signum,
+            )
     bar.close()
     if resume is None and total == 0:
         checkpoint(done=True)
@@ -556,6 +683,16 @@ def epoch_line(stage: str, record: dict, epochs: int, total: int, elapsed: float
 # ----------------------------------------------------------------------------------------------- the run
 
 
+def last_good(ctx: Context) -> str:
+    """Where a run stopped on non-finite values can resume from."""
+    if not ctx.last_checkpoint:
+        return "No checkpoint was written yet; try a lower --lr, --grad-clip or --amp off."
+    return (
+        f"The last checkpoint, which is finite, is {ctx.last_checkpoint}: resume from it with a lower --lr "
+        f"(python -m distill.run --resume --out {ctx.run_dir} --lr ...), or try --grad-clip or --amp off."
+    )
+
+
 def _truncate_metrics(ctx: Context, stage: str, step: int) -> None:
     """On resume, drop the metric lines written after the checkpoint (they will be written again)."""
     path = ctx.run_dir / "metrics.jsonl"
@@ -587,12 +724,14 @@ def load_teacher(path: str | Path, teacher: nn.Module, flag: str = "--teacher") 
     fresh head where the class counts differ."""
     try:
         stored = read_weights_file(path)
-        spikekd_checkpoint = isinstance(stored, Mapping) and stored.get("format") == CHECKPOINT_FORMAT
+        spikekd_checkpoint = isinstance(stored, Mapping) and str(stored.get("format", "")).startswith("spikekd-")
+        if spikekd_checkpoint:
+            stored = load_checkpoint(path)  # SpikeKD's own: its format and checksum verified
         stage = stored.get("stage") if spikekd_checkpoint else "teacher"
         if stage != "teacher":
             raise ValueError(f"holds a {stage!r} stage, not a teacher")
         loaded = load_weights(teacher, stored)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
         raise CheckpointError(f"{flag} {path}: {error}") from error
     if loaded.head_replaced and flag == "--teacher":
         raise CheckpointError(
@@ -608,17 +747,34 @@ def loaded_summary(loaded: LoadedWeights) -> str:
 
 
 def resumed_config(cfg: Config) -> tuple[Config, dict]:
-    """The checkpoint to resume from, and the run's saved options (which win over the given ones, except the
-    options in ``RUN_CONTROL``, so that ``--resume --out DIR`` is enough to continue a run exactly)."""
+    """The checkpoint to resume from, and the run's saved options. They win over the given ones, except the options
+    in ``RUN_CONTROL`` and ``CHANGEABLE_ON_RESUME`` (``python -m distill.run --resume`` starts from the saved options,
+    so ``--resume --out DIR`` is enough to continue a run exactly). A changed lr or thread count is said out loud."""
     path = cfg.run_dir / "checkpoint.pt"
     if not path.exists():
         raise CheckpointError(f"--resume: no checkpoint {path}; run without --resume to start this run")
     checkpoint = load_checkpoint(path)
-    saved = {k: v for k, v in checkpoint["config"].items() if k not in RUN_CONTROL}
-    ignored = sorted(k for k, v in saved.items() if getattr(cfg, k) != v)
-    if ignored and int(os.environ.get("RANK", "0")) == 0:
-        print(f"--resume: continuing with the options saved in {path}; ignoring the given {ignored}", file=sys.stderr)
-    return Config.from_dict({**cfg.to_dict(), **saved}), checkpoint
+    saved = {k: v for k, v in checkpoint["config"].items() if k not in RUN_CONTROL and k in cfg.to_dict()}
+    if not saved.get("threads") and "threads" in checkpoint:
+        saved["threads"] = checkpoint["threads"]  # the count --threads 0 picked when the run started
+    if not cfg.threads and "threads" in saved:  # --threads 0: the threads it ran with, the same rounding and weights
+        cfg = dataclasses.replace(cfg, threads=saved["threads"])
+    changed = {k: v for k, v in saved.items() if k in CHANGEABLE_ON_RESUME and getattr(cfg, k) != v}
+    ignored = sorted(k for k, v in saved.items() if k not in CHANGEABLE_ON_RESUME and getattr(cfg, k) != v)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if ignored:
+            print(
+                f"--resume: continuing with the options saved in {path}; ignoring the given {ignored}", file=sys.stderr
+            )
+        for name, old in changed.items():
+            new = getattr(cfg, name)
+            print(
+                f"--resume: {name} {new} instead of the run's {old} ({CHANGEABLE_ON_RESUME[name]}): the result will "
+                "differ from a run that never stopped",
+                file=sys.stderr,
+            )
+    kept = {k: v for k, v in saved.items() if k not in CHANGEABLE_ON_RESUME}
+    return Config.from_dict({**cfg.to_dict(), **kept}), checkpoint
 
 
 def evaluator(ctx: Context, model: nn.Module) -> Callable[[str], float]:
@@ -655,39 +811,77 @@ def best_epoch(history: list[dict]) -> dict:
 
 
 def train(cfg: Config) -> dict:
-    """Runs the whole job described by ``cfg``; returns the summary also written to ``results.json``."""
+    """Runs the whole job described by ``cfg``; returns the summary also written to ``results.json``.
+
+    Every check (options, run folder, data, architecture, teacher checkpoint) comes before the run folder changes;
+    then it is claimed and locked for the rest of the run."""
+    check_run_folder(cfg.run_dir, cfg.resume, cfg.overwrite)
     resume = None
     if cfg.resume:
         cfg, resume = resumed_config(cfg)
-        if not cfg.threads and "threads" in resume:  # the threads it ran with: the same rounding, the same weights
-            cfg = dataclasses.replace(cfg, threads=resume["threads"])
     ctx = setup(cfg)
-    run_dir, device = ctx.run_dir, ctx.device
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg, "ann", ctx.train).to(ctx.device)
+    if cfg.teacher:
+        load_teacher(cfg.teacher, teacher)
+    elif cfg.teacher_weights and not (resume is not None and resume["stage"] == "student"):
+        loaded = load_teacher(cfg.teacher_weights, teacher, "--teacher-weights")
+        if loaded.head_replaced and cfg.teacher_epochs == 0:
+            raise SetupError(
+                f"--teacher-weights {cfg.teacher_weights}: its head of {loaded.source_classes} classes was "
+                f"replaced by a new one for {ctx.train.num_classes}, which --teacher-epochs 0 would leave "
+                "untrained; give the teacher at least one epoch"
+            )
+        if ctx.is_main:
+            print(f"teacher: starts from {cfg.teacher_weights} ({loaded_summary(loaded)})", file=sys.stderr)
+    with claim_run_folder(ctx), ctx.stop:
+        return _train(ctx, resume, teacher)
+
+
+@contextmanager
+def claim_run_folder(ctx: Context) -> Iterator[None]:
+    """On rank 0: makes the run folder SpikeKD's, holds its lock, and clears what a fresh run replaces (never the
+    teacher file it loads); on resume, removes only the temporary files of a killed write. Under --log tensorboard,
+    opens the TensorBoard writer in the claimed folder and closes it when the run ends."""
+    cfg = ctx.cfg
+    if not ctx.is_main:
+        ctx.barrier()
+        yield
+        return
+    claim(ctx.run_dir)
+    with RunLock(ctx.run_dir):
+        check_run_folder(ctx.run_dir, cfg.resume, cfg.overwrite, lock_held=True)  # another run may have ended here
+        if cfg.resume:
+            removed = remove_temporary_files(ctx.run_dir)
+        else:
+            loaded = cfg.teacher or cfg.teacher_weights
+            removed = clear_results(ctx.run_dir, keep=Path(loaded) if loaded else None)
+        if removed:
+            print(f"{ctx.run_dir}: removed {', '.join(removed)} (of an earlier run)", file=sys.stderr)
+        if cfg.log == "tensorboard":
+            ctx.scalars = tensorboard_writer(ctx.run_dir)
+        ctx.barrier()
+        try:
+            yield
+        finally:
+            if ctx.scalars is not None:
+                ctx.scalars.close()
+                ctx.scalars = None
+
+
+def _train(ctx: Context, resume: dict | None, teacher: nn.Module) -> dict:
+    cfg, run_dir, device = ctx.cfg, ctx.run_dir, ctx.device
     if resume is not None:
         _truncate_metrics(ctx, resume["stage"], resume["step"])
     if ctx.is_main:
         (run_dir / "config.toml").write_text(cfg.to_toml())
 
-    torch.manual_seed(cfg.seed)
-    teacher = build_model(cfg, "ann", ctx.train).to(device)
     teacher_eval = evaluator(ctx, teacher)
-    teacher_summary: dict = {}
-    if cfg.teacher:
-        load_teacher(cfg.teacher, teacher)
-    elif resume is not None and resume["stage"] == "student":
+    teacher_summary: dict = {}  # --teacher and --teacher-weights were loaded by train(), before the folder changed
+    if not cfg.teacher and resume is not None and resume["stage"] == "student":
         load_teacher(run_dir / "teacher.pt", teacher)
         teacher_summary = load_checkpoint(run_dir / "teacher.pt").get("summary", {})
-    else:
-        if cfg.teacher_weights:
-            loaded = load_teacher(cfg.teacher_weights, teacher, "--teacher-weights")
-            if loaded.head_replaced and cfg.teacher_epochs == 0:
-                raise SetupError(
-                    f"--teacher-weights {cfg.teacher_weights}: its head of {loaded.source_classes} classes was "
-                    f"replaced by a new one for {ctx.train.num_classes}, which --teacher-epochs 0 would leave "
-                    "untrained; give the teacher at least one epoch"
-                )
-            if ctx.is_main:
-                print(f"teacher: starts from {cfg.teacher_weights} ({loaded_summary(loaded)})", file=sys.stderr)
+    elif not cfg.teacher:
         teacher_resume = resume if resume is not None and resume["stage"] == "teacher" else None
         params = list(teacher.parameters())
         teacher_summary = fit(
@@ -746,7 +940,5 @@ def train(cfg: Config) -> dict:
         from distill.report import write_report
 
         write_report(run_dir / "report.md", results)
-    if ctx.scalars is not None:
-        ctx.scalars.close()
     ctx.barrier()
     return results

@@ -77,9 +77,11 @@ def read_weights_file(path: str | Path) -> Mapping:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        unsafe = isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower()
+        why = ": loading the rest would run code from the file, which SpikeKD does not do" if unsafe else ""
         raise ValueError(
-            f"weights: {path} cannot be read as tensors with torch.load(weights_only=True) ({_gist(error)}); save "
-            "the model's state_dict instead: torch.save(model.state_dict(), path)"
+            f"weights: {path} cannot be read as tensors with torch.load(weights_only=True) ({_gist(error)}){why}; "
+            "save the model's state_dict instead: torch.save(model.state_dict(), path)"
         ) from error
 
 

@@ -45,7 +45,7 @@ def test_an_unreadable_image_is_named_from_a_worker(tmp_path, write_image_folder
     with pytest.raises(SystemExit) as error:
         main([*args, "--out", str(tmp_path / "run")])
     message = str(error.value)
-    assert "cannot read the image" in message and "train/dog/3.png" in message and "Traceback" not in message
+    assert "train/dog/3.png is corrupt" in message and "not a readable image" in message and "Traceback" not in message
 
 
 def _digits_like(n=12, side=8):

@@ -40,9 +40,10 @@ def test_teacher_from_a_plain_state_dict(tmp_path):
     torch.manual_seed(0)
     teacher = create_model("tiny_resnet", num_classes=10, in_channels=1)
     torch.save(teacher.state_dict(), tmp_path / "teacher_state.pt")
-    results = main([*QUICK, "--method", "kd", "--teacher", str(tmp_path / "teacher_state.pt"), "--out", str(tmp_path)])
+    out = tmp_path / "run"
+    results = main([*QUICK, "--method", "kd", "--teacher", str(tmp_path / "teacher_state.pt"), "--out", str(out)])
     assert results["teacher_time_s"] == 0.0
-    loaded = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    loaded = torch.load(out / "checkpoint.pt", weights_only=False)
     assert loaded["stage"] == "student"
 
 

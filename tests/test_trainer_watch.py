@@ -54,7 +54,7 @@ def test_validation_is_held_out_of_the_training_samples():
     assert data.split(0.0, 0) == (data, None)
     with pytest.raises(DatasetError, match="holds out all"):
         data.select(torch.arange(1)).split(0.9, 0)
-    with pytest.raises(SystemExit, match=r"val_fraction must be in \[0, 1\), got 1.0"):
+    with pytest.raises(SystemExit, match=r"--val-fraction must be a number in \[0, 1\), got 1.0"):
         main(["--val-fraction", "1.0"])
 
 

@@ -24,6 +24,19 @@ def corrupt(name: str, path: Path, why: str, how: str) -> DatasetError:
     return DatasetError(f"{name}: {path} is corrupt ({why}). {how}")
 
 
+def check_labels(name: str, path: Path, labels, num_classes: int, how: str) -> None:
+    """Raises ``DatasetError`` naming ``path`` and the index of the first label that is not an integer class in
+    ``[0, num_classes)`` (a wrong label would otherwise train or score silently wrong)."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise corrupt(name, path, f"labels are {labels.dtype}, expected integer classes 0..{num_classes - 1}", how)
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if len(bad):
+        i = int(bad[0])
+        why = f"label {int(labels[i])} at index {i} is not a class 0..{num_classes - 1} ({len(bad)} such labels)"
+        raise corrupt(name, path, why, how)
+
+
 @dataclass
 class Dataset:
     """A labelled image set with a ``batch(index)`` accessor.

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.datasets.base import Dataset, DatasetError, corrupt
+from distill.datasets.base import Dataset, DatasetError, check_labels, corrupt
 
 DIGITS_FILE = Path(__file__).resolve().parent.parent / "data" / "digits.npz"
 TEST_FRACTION = 0.2
@@ -28,8 +28,14 @@ def load_digits(split: str, root: Path | None = None) -> Dataset:
             images, labels = data["images"], data["labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
         raise corrupt("digits", path, str(error) or type(error).__name__, _HOW) from error
-    if images.shape[1:] != (8, 8) or len(images) != len(labels):
+    if images.ndim != 3 or images.shape[1:] != (8, 8) or labels.ndim != 1 or len(images) != len(labels):
         raise corrupt("digits", path, f"images {images.shape}, labels {labels.shape}", _HOW)
+    if images.dtype.kind not in "iu":
+        raise corrupt("digits", path, f"images are {images.dtype}, expected integer pixels 0..16", _HOW)
+    bad = np.flatnonzero(((images < 0) | (images > 16)).any(axis=(1, 2)))
+    if len(bad):
+        raise corrupt("digits", path, f"image {bad[0]} has pixels outside 0..16 ({len(bad)} such images)", _HOW)
+    check_labels("digits", path, torch.from_numpy(labels), 10, _HOW)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     n_test = int(round(TEST_FRACTION * len(labels)))
     keep = order[n_test:] if split == "train" else order[:n_test]

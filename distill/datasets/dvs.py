@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.datasets.base import Dataset, DatasetError, corrupt, missing
+from distill.datasets.folder import split_classes
 
 DVS_DIR = Path.home() / ".cache" / "spikekd" / "cifar10_dvs"
 TRAIN_FRACTION = 0.9
@@ -48,6 +49,9 @@ class _FrameLoader:
             raise corrupt("cifar10_dvs", path, str(error) or type(error).__name__, _HOW) from error
         if frames.ndim != 4 or frames.shape[1] != 2:
             raise corrupt("cifar10_dvs", path, f"frames of shape {frames.shape}, expected [T, 2, H, W]", _HOW)
+        if frames.dtype.kind not in "iuf" or not np.isfinite(frames).all() or (frames < 0).any():
+            why = f"sample {i}: frames must be finite event counts >= 0, got {frames.dtype} values"
+            raise corrupt("cifar10_dvs", path, why, _HOW)
         x = torch.from_numpy(frames.astype(np.float32))
         x = x / x.amax().clamp_min(1.0)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
@@ -62,11 +66,7 @@ def load_dvs(split: str, root: Path | None = None, image_size: int = 48) -> Data
     base = split_dir if split_dir.is_dir() else root
     if not base.is_dir():
         raise missing("cifar10_dvs", root, _HOW)
-    reference = root / "train" if (root / "train").is_dir() else base  # one class index for both splits
-    classes = sorted(d.name for d in reference.iterdir() if d.is_dir() and d.name not in ("train", "test"))
-    unknown = sorted({d.name for d in base.iterdir() if d.is_dir() and d.name not in ("train", "test")} - set(classes))
-    if unknown:
-        raise DatasetError(f"cifar10_dvs: {base} has classes that {reference} lacks: {unknown}")
+    classes = split_classes("cifar10_dvs", root, base, _HOW, skip=("train", "test"))
     paths, labels = [], []
     for label, name in enumerate(classes):
         if not (base / name).is_dir():

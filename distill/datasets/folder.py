@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.datasets.base import Dataset, DatasetError, missing
+from distill.datasets.base import Dataset, DatasetError, corrupt, missing
 
 IMAGENET_DIR = Path.home() / ".cache" / "spikekd" / "imagenet"
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")  # any letter case
@@ -24,14 +24,17 @@ class _ImageLoader:
         self.paths, self.size = paths, size
 
     def __call__(self, i: int) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.paths[i]
         try:
-            with Image.open(path) as image:
-                return self._resize_and_crop(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise DatasetError(f"imagenet: cannot read the image {path} ({error}); delete or replace it") from error
+            return self._read(i)
+        except (OSError, ValueError, SyntaxError) as error:  # not an image, truncated, unreadable
+            why = f"sample {i} is not a readable image: {error}"
+            raise corrupt("imagenet", self.paths[i], why, "Remove or replace the file.") from error
+
+    def _read(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return self._resize_and_crop(image.convert("RGB"))
 
     def _resize_and_crop(self, image) -> torch.Tensor:
         from PIL import Image
@@ -51,17 +54,29 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in EXTENSIONS
 
 
-def class_names(root: Path, folder: Path) -> list[str]:
-    """The classes of every split: the sorted sub-folders of ``root/train`` where it exists (so that a class has one
-    index in train and val, whatever each split holds), else those of ``folder``."""
-    reference = root / "train" if (root / "train").is_dir() else folder
-    return sorted(d.name for d in reference.iterdir() if d.is_dir())
+def split_classes(name: str, root: Path, folder: Path, how: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The classes of every split: the sorted sub-folders of ``root/train`` where it exists, else those of
+    ``folder``, so that a class has one index in train and val whatever each split holds (a split without a class's
+    folder has no samples of it, and the labels after it do not shift). A class folder of ``folder`` that training
+    lacks is a DatasetError naming it: its samples would have no label. Folder names in ``skip`` are not classes."""
+    train_folder = root / "train"
+    reference = train_folder if train_folder.is_dir() else folder
+    classes = sorted(d.name for d in reference.iterdir() if d.is_dir() and d.name not in skip)
+    if folder != reference:
+        here = {d.name for d in folder.iterdir() if d.is_dir() and d.name not in skip}
+        unknown = sorted(here - set(classes))
+        if unknown:
+            raise DatasetError(
+                f"{name}: {folder} has classes that {reference} lacks: {unknown[:5]}"
+                f"{' ...' if len(unknown) > 5 else ''}; every class needs training samples. {how}"
+            )
+    return classes
 
 
 def load_image_folder(split: str, root: Path | None = None, image_size: int = 224) -> Dataset:
     """``root/train`` or ``root/val`` (``root/test`` also accepted); the classes are the sorted sub-folders of
     ``root/train``, one index per class for both splits. A class folder without images, a class of the test split
-    that training does not have, or (when read) an unreadable image is a DatasetError naming it."""
+    that training does not have, or (when read) a non-image or truncated file is a DatasetError naming it."""
     try:
         import PIL  # noqa: F401
     except ImportError as error:
@@ -72,13 +87,7 @@ def load_image_folder(split: str, root: Path | None = None, image_size: int = 22
     folder = next((f for f in folders if f.is_dir()), None)
     if folder is None:
         raise missing("imagenet", folders, _HOW)
-    classes = class_names(root, folder)
-    here = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    unknown = sorted(set(here) - set(classes))
-    if unknown:
-        raise DatasetError(
-            f"imagenet: {folder} has classes that {root / 'train'} lacks: {unknown}; every class needs training images"
-        )
+    classes = split_classes("imagenet", root, folder, _HOW)
     paths, labels = [], []
     for label, name in enumerate(classes):
         if not (folder / name).is_dir():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.datasets.base import Dataset, corrupt, missing
+from distill.datasets.base import Dataset, check_labels, corrupt, missing
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_DIR = Path.home() / ".cache" / "spikekd" / "mnist"
@@ -60,6 +60,7 @@ def load_idx(name: str, split: str, root: Path | None = None) -> Dataset:
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         why = f"images {images.shape} and labels {labels.shape} do not pair up"
         raise corrupt(name, images_path, why, _HOW[name])
+    check_labels(name, labels_path, torch.from_numpy(labels.astype(np.int64)), 10, _HOW[name])
     fashion = name == "fashion_mnist"
     return Dataset(
         name=name,

@@ -3,6 +3,9 @@
 Layers: Triton kernels -> launchers -> `torch.ops.spikekd.lif_multistep{,_backward}` (triton_op, fake, autograd)
 -> the public `lif_multistep`. The forward saves only the pre-reset potential H [T, ...] (in the storage dtype);
 the backward recomputes spikes from it. Without a graph to build, H is not written at all.
+
+The kernels are compiled with `enable_fp_fusion=False` (`kernels/launch.py`): `lam * v + x` rounds after the multiply
+and after the add, as the PyTorch twin and SpikingJelly do, so spikes are bit-identical to theirs on the GPU.
 """
 
 from __future__ import annotations

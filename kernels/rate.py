@@ -5,6 +5,9 @@
   writes the spikes over x (the spike stream's private temporaries: one [T, ...] tensor fewer alive).
 - `rate_ste(current, rate, elig)`: the rate stream's neuron, valued `rate`, with d/d current = elig.
 - `rate_reduce(s)`: mean over time in fp32 (also fused into `lif_rate`).
+
+The kernels are compiled with `enable_fp_fusion=False` (`kernels/launch.py`): no multiply-add is fused, as in the
+PyTorch twins, so spikes and eligibilities match theirs on the GPU to the last bit of each rounding.
 """
 
 from __future__ import annotations

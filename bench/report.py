@@ -312,8 +312,9 @@ def plots(run: Run, out: Path) -> list[str]:
             for provider in _providers(run):
                 for dtype in sorted({k[4] for k in run.kernels}):
                     points = sorted(
-                        (k[2], gbps(c)) for k, c in run.kernels.items() if (k[0], k[1], k[3], k[4]) == (mode, provider,
-                                                                                                      largest, dtype)
+                        (k[2], gbps(c))
+                        for k, c in run.kernels.items()
+                        if (k[0], k[1], k[3], k[4]) == (mode, provider, largest, dtype)
                     )
                     if points:
                         ax.plot(*zip(*points, strict=True), marker="o", label=f"{provider} {dtype}")
@@ -346,7 +347,6 @@ def _time_axis(ax, steps: set[int]) -> None:
 def _memory_label(run: Run) -> str:
     first = next(iter(run.train.values()))
     return "peak allocated (MiB)" if first.get("device") == "cuda" else "peak RSS above pre-step RSS (MiB)"
-
 
 
 def _title(run: Run, what: str) -> str:

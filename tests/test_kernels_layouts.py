@@ -83,7 +83,7 @@ def test_lif_rate_and_rate_reduce_on_views(view):
     x = _views(_current((4, 3, 7), seed=2))[view]
     got = lif_rate(x, backend="triton", surrogate="atan")
     expected = lif_rate(x, backend="reference", surrogate="atan")
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(rate_reduce(x, backend="triton"), rate_reduce(x, backend="reference"))
 
@@ -194,7 +194,8 @@ def test_special_values_match_reference(surrogate, v_reset, detach_reset):
         spikes = lif_multistep(leaf, backend=backend, **kw)
         spikes.backward(grad)
         outputs[backend] = (spikes, leaf.grad, *lif_rate(x, backend=backend, **kw))
-    for name, a, b in zip(["spikes", "grad", "rate spikes", "rate", "elig"], outputs["triton"], outputs["reference"]):
+    names = ["spikes", "grad", "rate spikes", "rate", "elig"]
+    for name, a, b in zip(names, outputs["triton"], outputs["reference"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
     assert outputs["reference"][0].isnan().any(), "NaN input must give NaN spikes"
 

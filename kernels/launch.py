@@ -23,7 +23,6 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import triton
 
 # (largest N, BLOCK, num_warps), first match wins.
 LAUNCH_SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -97,9 +96,11 @@ def launch_shape(n: int) -> tuple[int, int]:
     raise ValueError(f"n must be at most {LAUNCH_SHAPES[-1][0]}, got {n}")
 
 
-def launch(kernel: triton.JITFunction, n: int, *args, **constexprs) -> None:
+def launch(kernel, n: int, *args, **constexprs) -> None:
     """Runs `kernel` over n neurons with the launch shape of `launch_shape(n)` (one program per BLOCK neurons)."""
     from torch.library import wrap_triton
+
+    from kernels.triton_support import triton
 
     block, num_warps = launch_shape(n)
     if _RECORDING is not None:

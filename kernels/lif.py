@@ -11,8 +11,6 @@ and after the add, as the PyTorch twin and SpikingJelly do, so spikes are bit-id
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch.library import triton_op
 
 from kernels import reference
@@ -20,6 +18,7 @@ from kernels.backend import check_backend, use_triton
 from kernels.launch import launch, readable_sequence
 from kernels.lif_step import charge, fire, reset, reset_grad, store_potential, surrogate_grad
 from kernels.options import check_sequence, neuron_args
+from kernels.triton_support import tl, triton
 
 
 @triton.jit

@@ -13,8 +13,6 @@ PyTorch twins, so spikes and eligibilities match theirs on the GPU to the last b
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch.library import triton_op
 
 from kernels import reference
@@ -22,6 +20,7 @@ from kernels.backend import check_backend, use_triton
 from kernels.launch import launch, readable_sequence, readable_step
 from kernels.lif_step import charge, fire, reset, reset_grad, surrogate_grad
 from kernels.options import check_floating, check_same_device, check_sequence, neuron_args
+from kernels.triton_support import tl, triton
 
 
 # Forward-mode eligibility, carried beside the potential:

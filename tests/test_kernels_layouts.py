@@ -223,6 +223,32 @@ def test_poisson_encode_nan_probability_gives_nan():
         assert spikes[:, 0].isnan().all() and spikes[:, 1].eq(1).all() and spikes[:, 2].eq(0).all(), backend
 
 
+# --- without Triton: the twins run, and asking for the kernels says why they cannot ---------------------------
+
+
+def test_without_triton_the_ops_run_their_twins():
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["triton"] = None  # as on a platform without a triton wheel
+        import torch, kernels, models
+        x = torch.randn(3, 2, 5, requires_grad=True)
+        kernels.lif_multistep(x).sum().backward()
+        assert x.grad.shape == x.shape
+        net = models.create_model("tiny_resnet", kind="snn", num_classes=10, T=2)
+        assert net(torch.rand(2, 3, 16, 16), mode="rate").shape == (2, 10)
+        try:
+            kernels.lif_rate(x, backend="triton")
+        except RuntimeError as error:
+            print(error)
+        """
+    )
+    env = dict(_without_interpreter(), PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "backend='triton' cannot run: the triton package cannot be imported here" in done.stdout
+
+
 # --- the AOT check: every kernel compiles for sm_80 and sm_90 ---------------------------------------------------
 
 

@@ -251,3 +251,47 @@ def test_a_kill_inside_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert not list(killed.glob("*.tmp"))
     a, b = load_checkpoint(whole / "student.pt")["model"], load_checkpoint(killed / "student.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+# Under torchrun: rank 0 alone sends itself SIGTERM right after logging student step 3.
+RANK0_TERMINATES = """
+import os, signal, sys
+import distill.trainer
+log = distill.trainer.Context.log
+def log_then_terminate(self, record):
+    log(self, record)
+    if record.get("stage") == "student" and record.get("step") == 3 and "loss" in record:
+        os.kill(os.getpid(), signal.SIGTERM)
+distill.trainer.Context.log = log_then_terminate
+from distill.run import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Two gloo processes; only rank 0 gets SIGTERM, after step 3: both stop after step 4, the first all-reduce that
+    carries the signal (no rank left waiting in one), the checkpoint is of that step, and --resume under torchrun
+    ends as the run that never stopped."""
+    (tmp_path / "stop.py").write_text(RANK0_TERMINATES)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [*QUICK, "--teacher-epochs", "1", "--epochs", "1", "--log-every", "1"]
+    whole = subprocess.run([*torchrun, "-m", "distill.run", *args, "--out", str(tmp_path / "whole")], env=env)
+    stopped = subprocess.run(
+        [*torchrun, str(tmp_path / "stop.py"), *args, "--out", str(tmp_path / "stopped")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert whole.returncode == 0 and stopped.returncode != 0
+    # each rank learns of the signal at the next step's all-reduce (step 4), rank 1 as well as rank 0
+    steps = re.findall(r"stopped by SIGTERM after student step (\d+) of 8", stopped.stderr)
+    assert steps == ["4", "4"], stopped.stderr[-3000:]
+    assert_finite_checkpoint(tmp_path / "stopped" / "checkpoint.pt", "student", 4)
+    resume = ["--resume", "--out", str(tmp_path / "stopped"), "--progress", "off"]
+    assert subprocess.run([*torchrun, "-m", "distill.run", *resume], env=env).returncode == 0
+    a = load_checkpoint(tmp_path / "whole" / "student.pt")["model"]
+    b = load_checkpoint(tmp_path / "stopped" / "student.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)

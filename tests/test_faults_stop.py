@@ -2,6 +2,7 @@
 checkpoint at the current step and end with one line; --resume continues exactly, or with a changed --lr / --threads
 that it announces; temporary files of a killed write are removed on the next start."""
 
+import errno
 import json
 import os
 import re
@@ -172,6 +173,35 @@ def test_a_signal_writes_a_checkpoint_at_the_current_step(tmp_path, monkeypatch,
     assert err[-1].endswith(f"Continue with: python -m distill.run --resume --out {tmp_path}")
     assert_finite_checkpoint(tmp_path / "checkpoint.pt", "teacher", 5)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
+    """For a step that hangs: the second signal interrupts it; one line, exit 130, the lock released."""
+    log = distill.trainer.Context.log
+
+    def log_then_signal_twice(self, record):
+        log(self, record)
+        if record.get("stage") == "teacher" and record.get("step") == 3 and "loss" in record:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(distill.trainer.Context, "log", log_then_signal_twice)
+    with pytest.raises(SystemExit) as stop:
+        main([*QUICK, "--out", str(tmp_path), "--teacher-epochs", "1", "--log-every", "1", "--checkpoint-every", "2"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"interrupted; the run folder {tmp_path} keeps")
+    assert not (tmp_path / ".spikekd.lock").exists()
+    assert_finite_checkpoint(tmp_path / "checkpoint.pt", "teacher", 2)
+
+
+def test_a_full_disk_while_logging_is_one_line_and_releases_the_folder(tmp_path, monkeypatch, capsys):
+    def full(self, record):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir / "metrics.jsonl"))
+
+    monkeypatch.setattr(distill.trainer.Context, "log", full)
+    with pytest.raises(SystemExit, match=r"No space left on device: '.*metrics\.jsonl'"):
+        main([*QUICK, "--out", str(tmp_path), "--teacher-epochs", "1"])
+    assert not (tmp_path / ".spikekd.lock").exists()
 
 
 # Runs distill.run and sends itself SIGINT right after logging student step 5 (mid-epoch, no checkpoint due).

@@ -281,14 +281,16 @@ def check_memory(ctx: Context) -> None:
         state = 3 * sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
         per_sample = saved_for_backward_bytes(ctx, module, samples=2) / 2
         needed = state + per_sample * micro
+        if device.type == "cpu":  # the processes of this machine share its memory
+            needed *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if needed > available:
             gib = 2**30
             raise SetupError(
                 f"the {stage} stage's training step at --time-steps {cfg.time_steps} with micro-batches of {micro} "
                 f"samples (--batch-size {cfg.batch_size} / {ctx.world_size} processes / --grad-accum "
-                f"{cfg.grad_accum}) needs about {needed / gib:.1f} GiB ({per_sample / 2**20:.1f} MiB a sample), but "
-                f"{device} has {available / gib:.1f} GiB free; raise --grad-accum, or lower --batch-size or "
-                "--time-steps"
+                f"{cfg.grad_accum}) needs about {needed / gib:.1f} GiB ({per_sample / 2**20:.1f} MiB a sample, for "
+                f"each process on this machine), but {device} has {available / gib:.1f} GiB free; raise "
+                "--grad-accum, or lower --batch-size or --time-steps"
             )
 
 

@@ -74,6 +74,8 @@ class LIFOptions:
 def neuron_args(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> tuple:
     """`LIFOptions(...).op_args()`, checked once per distinct set of options (a layer calls it at every step)."""
     options = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    if torch.compiler.is_compiling():  # traced once per graph; dynamo does not trace through lru_cache
+        return LIFOptions(*options).op_args()
     try:
         return _cached_neuron_args(*options)
     except TypeError:  # an unhashable option: LIFOptions says what is wrong with it

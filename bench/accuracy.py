@@ -115,9 +115,10 @@ def _names(text: str, accepted, flag: str) -> list[str]:
 
 
 def common_flags(args: argparse.Namespace) -> list[str]:
-    """The distill.run flags every job of the grid shares (the teacher's job included)."""
+    """The distill.run flags every job of the grid shares (the teacher's job included). No validation split: the
+    budget is every one of the ``--train-subset`` images (the teacher: the full training set), as in the saved grids."""
     flags = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--test-subset", str(args.test_subset)]
-    return [*flags, "--threads", str(args.threads), "--progress", "off"]
+    return [*flags, "--val-fraction", "0", "--threads", str(args.threads), "--progress", "off"]
 
 
 def run_job(argv: list[str], out: Path) -> dict:

@@ -31,7 +31,9 @@ SCALES: dict[str, Scale] = {
     # `bench/gpu.sh --dry-run`: the whole pipeline in seconds on a CPU.
     "tiny": Scale((1 << 10,), ("float32",), (1, 4), 1 << 20, 0, "tiny_resnet", 2, 8, (2,), 1),
     # A CPU run: cache-sized kernels, a 25k-parameter ResNet.
-    "small": Scale((1 << 16,), ("float32",), (1, 2, 4, 8, 16, 32), 1 << 24, 16, "tiny_resnet", 16, 32, (1, 2, 4, 8, 16), 3),
+    "small": Scale(
+        (1 << 16,), ("float32",), (1, 2, 4, 8, 16, 32), 1 << 24, 16, "tiny_resnet", 16, 32, (1, 2, 4, 8, 16), 3
+    ),
     # A CPU run of the training steps on the CIFAR ResNet-18 of the GPU scale (memory targets at the real model).
     "resnet18-cpu": Scale(
         (1 << 16,), ("float32",), (1, 2, 4, 8, 16, 32), 1 << 24, 16, "resnet18", 16, 32, (1, 2, 4, 8, 16), 1
@@ -39,8 +41,16 @@ SCALES: dict[str, Scale] = {
     # An H100/H200: real layer sizes (a CIFAR ResNet-18 layer at batch 64 holds 2^19 to 2^21 neurons) and
     # bandwidth-bound ones (2^24 neurons = 64 MiB a timestep in fp32), fp32 and bf16; CIFAR ResNet-18, batch 64.
     "large": Scale(
-        (1 << 19, 1 << 20, 1 << 24), ("float32", "bfloat16"), (1, 2, 4, 8, 16, 32), 1 << 28, 8, "resnet18", 64, 32,
-        (1, 2, 4, 8, 16), 5,
+        (1 << 19, 1 << 20, 1 << 24),
+        ("float32", "bfloat16"),
+        (1, 2, 4, 8, 16, 32),
+        1 << 28,
+        8,
+        "resnet18",
+        64,
+        32,
+        (1, 2, 4, 8, 16),
+        5,
     ),
 }
 

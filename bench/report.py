@@ -7,7 +7,7 @@ Writes DIR/report.md (default DIR: bench/results/<machine>/, machine from the re
 matplotlib is installed, DIR/training_time.png, DIR/training_memory.png and DIR/kernels_gbps.png. Kernel
 throughput is the least traffic of the op (`bench.providers.bytes_moved`) over its time (the median over rounds, or
 `--stat min` on a machine shared with other jobs, where the median measures the neighbours), set against the
-copy bandwidth measured in the same run; the issue's targets are judged and each miss is quantified.
+copy bandwidth measured in the same run; each target is judged met or missed, and a miss says by how much.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from bench.config import machine_slug
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KERNEL_MODES = ("fwd", "fwd+bwd", "rate")
-TRAIN_MODES = ("bptt", "rate", "blockwise")
+TRAIN_MODES = ("bptt", "rate", "blockwise", "sj-bptt")
 PROVIDER_ORDER = ("triton", "reference", "compile", "sj-torch", "sj-triton", "sj-cuda", "sj-auto")
 SJ_PROVIDERS = ("sj-torch", "sj-triton", "sj-cuda", "sj-auto")
 STATS = ("median", "min", "mean")
 INFO_KEYS = ("device", "device_name", "scale", "torch", "threads", "cuda")
-TARGET_T = 16  # the issue's training targets compare T=16 with T=1
+TARGET_T = 16  # the training targets compare T=16 with T=1
 
 
 @dataclass
@@ -61,7 +61,8 @@ def load(paths: list[Path], stat: str = "median") -> Run:
             case = {**extra, "time": bench["stats"][stat], "rounds": bench["stats"]["rounds"]}
             kind = extra.get("kind")
             if kind == "kernel":
-                run.kernels[extra["mode"], extra["provider"], extra["T"]] = case
+                key = (extra["mode"], extra["provider"], extra["T"], extra["neurons"], extra.get("dtype", "float32"))
+                run.kernels[key] = case
             elif kind == "copy":
                 run.copies.append(case)
             elif kind == "train":
@@ -82,9 +83,14 @@ def copy_gbps(run: Run) -> float | None:
     return max((gbps(c) for c in run.copies), default=None)
 
 
+def on_gpu(run: Run) -> bool:
+    return run.info.get("device") == "cuda"
+
+
 def train_memory(case: dict) -> float:
-    """Bytes the targets compare: peak allocated on CUDA; on CPU the peak RSS above the pre-step RSS (the process's
-    ~0.4 GB of libraries would otherwise hide the activations)."""
+    """Bytes the targets compare: on CUDA the peak allocated over the step (`torch.cuda.max_memory_allocated`); on
+    the CPU the peak RSS above the pre-step RSS (the process's ~0.4 GB of libraries would otherwise hide the
+    activations)."""
     if case.get("device") == "cuda":
         return case["peak_bytes"]
     return case["peak_bytes"] - case["baseline_bytes"]
@@ -102,32 +108,41 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
+def _pow2(n: int) -> str:
+    return f"2^{n.bit_length() - 1}" if n & (n - 1) == 0 else f"{n:,}"
+
+
 def _providers(run: Run) -> list[str]:
-    present = {p for _, p, _ in run.kernels}
+    present = {k[1] for k in run.kernels}
     return [p for p in PROVIDER_ORDER if p in present] + sorted(present - set(PROVIDER_ORDER))
+
+
+def _shapes(run: Run) -> list[tuple[int, str]]:
+    """(N, dtype) of the kernel cases, fp32 first."""
+    return sorted({(k[3], k[4]) for k in run.kernels}, key=lambda s: (s[1] != "float32", s[1], s[0]))
 
 
 def kernel_tables(run: Run) -> list[str]:
     providers, roof = _providers(run), copy_gbps(run)
     lines = []
     for mode in KERNEL_MODES:
-        steps = sorted({t for m, _, t in run.kernels if m == mode})
-        if not steps:
+        cases = {k: c for k, c in run.kernels.items() if k[0] == mode}
+        if not cases:
             continue
-        op = next(c["op"] for (m, _, _), c in run.kernels.items() if m == mode)
-        neurons = next(c["neurons"] for (m, _, _), c in run.kernels.items() if m == mode)
-        lines += [f"### `{op}` {mode} (N = {neurons:,} neurons, fp32): {run.stat} time, GB/s, % of copy", ""]
-        lines += ["| T | " + " | ".join(providers) + " |", "|---|" + "---|" * len(providers)]
-        for t in steps:
-            cells = []
-            for p in providers:
-                case = run.kernels.get((mode, p, t))
-                if case is None:
-                    cells.append("-")
-                    continue
-                share = f" ({100 * gbps(case) / roof:.0f}%)" if roof else ""
-                cells.append(f"{_fmt_time(case['time'])}, {gbps(case):.1f} GB/s{share}")
-            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        op = next(iter(cases.values()))["op"]
+        lines += [f"### `{op}` {mode}: {run.stat} time, GB/s (% of copy bandwidth)", ""]
+        lines += ["| N | dtype | T | " + " | ".join(providers) + " |", "|---|---|---|" + "---|" * len(providers)]
+        for n, dtype in _shapes(run):
+            for t in sorted({k[2] for k in cases if (k[3], k[4]) == (n, dtype)}):
+                cells = []
+                for p in providers:
+                    case = cases.get((mode, p, t, n, dtype))
+                    if case is None:
+                        cells.append("-")
+                        continue
+                    share = f" ({100 * gbps(case) / roof:.0f}%)" if roof else ""
+                    cells.append(f"{_fmt_time(case['time'])}, {gbps(case):.0f} GB/s{share}")
+                lines.append(f"| {_pow2(n)} | {dtype} | {t} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
@@ -138,8 +153,10 @@ def train_table(run: Run) -> list[str]:
     steps = sorted({t for _, t in run.train})
     modes = [m for m in TRAIN_MODES if any((m, t) in run.train for t in steps)]
     first = next(iter(run.train.values()))
-    on_gpu = first.get("device") == "cuda"
-    memory = "peak allocated (MiB)" if on_gpu else "peak RSS above pre-step RSS (MiB) [peak RSS]"
+    if first.get("device") == "cuda":
+        memory = "peak allocated over the step (MiB), and above what was allocated before it [in brackets]"
+    else:
+        memory = "peak RSS above the pre-step RSS (MiB), and the absolute peak RSS [in brackets]"
     lines = [
         f"### Training step: {first['model']}, batch {first['batch']}, {first['image']}x{first['image']} input",
         "",
@@ -155,126 +172,107 @@ def train_table(run: Run) -> list[str]:
             if case is None:
                 cells += ["-", "-"]
                 continue
-            mem = _mib(train_memory(case)) + ("" if on_gpu else f" [{_mib(case['peak_bytes'])}]")
-            cells += [_fmt_time(case["time"]), mem]
+            other = case["peak_bytes"] - case["baseline_bytes"] if case.get("device") == "cuda" else case["peak_bytes"]
+            cells += [_fmt_time(case["time"]), f"{_mib(train_memory(case))} [{_mib(other)}]"]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def targets(run: Run) -> list[str]:
-    """The issue's targets, each met, missed (by how much, and why) or not measured here."""
+def _verdict(value: float, target: float, at_least: bool) -> str:
+    ok = value >= target if at_least else value <= target
+    if ok:
+        return "met"
+    short = target / value if at_least else value / target
+    return f"**missed**, {'short' if at_least else 'over'} by {short:.2f}x"
+
+
+def training_targets(run: Run) -> list[str]:
+    """Rate-mode memory flat in T; SpikingJelly's BPTT against SpikeKD's rate mode at T=16."""
     out = []
-    on_gpu = run.info.get("device") == "cuda"
     rate1, rate16 = run.train.get(("rate", 1)), run.train.get(("rate", TARGET_T))
-    bptt1, bptt16 = run.train.get(("bptt", 1)), run.train.get(("bptt", TARGET_T))
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**missed**"
-
-    def growth(first: dict | None, last: dict) -> str:
-        return "" if first is None else f" (+{_mib(train_memory(last) - train_memory(first))} MiB from T=1)"
-
+    sj16 = run.train.get(("sj-bptt", TARGET_T))
+    bptt16 = run.train.get(("bptt", TARGET_T))
     if rate1 and rate16:
         ratio = train_memory(rate16) / train_memory(rate1)
         out.append(
-            f"- rate memory, T={TARGET_T} vs T=1: {ratio:.2f}x (target <= 1.3x): {verdict(ratio <= 1.3)}"
-            + (
-                ""
-                if ratio <= 1.3
-                else f", by {ratio / 1.3:.2f}x: {_mib(train_memory(rate1))} -> {_mib(train_memory(rate16))} MiB. "
-                "The spike stream [T, B, C, H, W] of the layer being run (its input, pre-activation and spikes) is "
-                "alive at a time and grows with T; it is large next to the T-independent rate-stream graph at "
-                "this model and batch."
-            )
+            f"- `rate` memory, T={TARGET_T} vs T=1: {ratio:.2f}x ({_mib(train_memory(rate1))} -> "
+            f"{_mib(train_memory(rate16))} MiB; target <= 1.3x): {_verdict(ratio, 1.3, False)}"
         )
     else:
-        out.append(f"- rate memory T={TARGET_T} vs T=1: not measured (no rate cases at T=1 and T={TARGET_T})")
-    if bptt16 and rate16:
-        ratio = train_memory(bptt16) / train_memory(rate16)
-        out.append(
-            f"- bptt vs rate memory at T={TARGET_T}: {ratio:.2f}x (target >= 4x): {verdict(ratio >= 4)}"
-            + (
-                ""
-                if ratio >= 4
-                else f", short by {4 / ratio:.2f}x: bptt keeps every layer's [T, ...] state for the backward"
-                f"{growth(bptt1, bptt16)}, rate only the running layer's{growth(rate1, rate16)}; the parts "
-                "both share (weights, optimizer state, the rate-stream graph) weigh more in a small model."
-            )
-        )
-        ratio = rate16["time"] / bptt16["time"]
-        twin = ""
-        if not on_gpu:
-            ref_rate = run.kernels.get(("rate", "reference", TARGET_T))
-            ref_bptt = run.kernels.get(("fwd+bwd", "reference", TARGET_T))
-            twin = " On the CPU the neuron is the PyTorch twin, a Python loop over T"
-            if ref_rate and ref_bptt:
-                twin += (
-                    f" (at T={TARGET_T}: lif_rate {_fmt_time(ref_rate['time'])} against lif_multistep fwd+bwd "
-                    f"{_fmt_time(ref_bptt['time'])} in the kernel tables)"
-                )
-            twin += "; the Triton kernels that make the spike pass cheap run on CUDA only."
-        out.append(
-            f"- rate vs bptt time per step at T={TARGET_T}: {ratio:.2f}x (target <= 0.5x): {verdict(ratio <= 0.5)}"
-            + (
-                ""
-                if ratio <= 0.5
-                else f", by {ratio / 0.5:.2f}x: rate mode still runs every conv on the T-step spike stream, as "
-                "bptt's forward does, plus the rate stream; it saves the backward through time." + twin
-            )
-        )
-    else:
-        out.append(f"- bptt vs rate at T={TARGET_T}: not measured (no bptt and rate cases at T={TARGET_T})")
-
-    roof = copy_gbps(run)
-    triton = {(m, t): c for (m, p, t), c in run.kernels.items() if p == "triton"}
-    if not triton:
-        out.append(
-            "- kernels at >= 80% of copy bandwidth, and >= 1.3x SpikingJelly's fastest backend: not measured "
-            "(the `triton` provider needs a CUDA device; run `bench/gpu.sh` on an H100/H200)"
-        )
-        return out
-    for mode in ("fwd+bwd", "rate"):
-        steps = sorted(t for m, t in triton if m == mode)
-        if not steps or not roof:
+        out.append(f"- `rate` memory T={TARGET_T} vs T=1: not measured (no rate cases at T=1 and T={TARGET_T})")
+    for name, other in (("SpikingJelly BPTT (`sj-bptt`)", sj16), ("SpikeKD `bptt`", bptt16)):
+        if other is None or rate16 is None:
+            out.append(f"- {name} vs `rate` at T={TARGET_T}: not measured")
             continue
-        first, last = triton[mode, steps[0]], triton[mode, steps[-1]]
-        share = gbps(last) / roof
+        memory = train_memory(other) / train_memory(rate16)
+        time = other["time"] / rate16["time"]
         out.append(
-            f"- `{last['op']}` {mode} at T={steps[-1]}: {100 * share:.0f}% of the {roof:.0f} GB/s copy bandwidth "
-            f"(target >= 80%): {verdict(share >= 0.8)}"
-            + ("" if share >= 0.8 else f", short by {0.8 / share:.2f}x: " + _bandwidth_limit(first, last, steps))
-        )
-    for mode in ("fwd", "fwd+bwd"):
-        speedups = []
-        for (m, t), case in sorted(triton.items()):
-            peers = [run.kernels[m, p, t]["time"] for p in SJ_PROVIDERS if (m, p, t) in run.kernels]
-            if m == mode and peers:
-                speedups.append((t, min(peers) / case["time"]))
-        if not speedups:
-            out.append(f"- `lif_multistep` {mode} vs SpikingJelly: not measured (no SpikingJelly cases)")
-            continue
-        worst_t, worst = min(speedups, key=lambda s: s[1])
-        listed = ", ".join(f"T={t}: {s:.2f}x" for t, s in speedups)
-        out.append(
-            f"- `lif_multistep` {mode} vs SpikingJelly's fastest backend: {listed} (target >= 1.3x): "
-            f"{verdict(worst >= 1.3)}" + ("" if worst >= 1.3 else f", at T={worst_t} short by {1.3 / worst:.2f}x.")
+            f"- {name} vs `rate` at T={TARGET_T}: memory {memory:.2f}x (target >= 4x): {_verdict(memory, 4, True)}; "
+            f"time {time:.2f}x ({_fmt_time(other['time'])} vs {_fmt_time(rate16['time'])}; target >= 2x): "
+            f"{_verdict(time, 2, True)}"
         )
     return out
 
 
-def _bandwidth_limit(first: dict, last: dict, steps: list[int]) -> str:
-    """What the T sweep says about a kernel below the copy bandwidth."""
-    rise = gbps(last) / gbps(first)
-    if rise > 1.5:
-        return (
-            f"its GB/s still rises with T ({rise:.1f}x from T={steps[0]} to T={steps[-1]}), so costs fixed per call "
-            "(launch, the fp32 state and the outputs written once) weigh in; longer sequences or more neurons "
-            "amortise them."
+# Bandwidth targets: N -> least share of the copy bandwidth, for fwd, fwd+bwd and rate in fp32 and bf16.
+BANDWIDTH_TARGETS = {1 << 24: 0.85, 1 << 20: 0.70}
+# Against SpikingJelly's fastest backend at the largest N: (mode, dtype) -> least speed-up.
+PEER_TARGETS = {
+    ("fwd", "float32"): 1.3,
+    ("fwd", "bfloat16"): 1.3,
+    ("fwd+bwd", "bfloat16"): 1.2,
+    ("fwd+bwd", "float32"): 1.0,
+}
+
+
+def kernel_targets(run: Run) -> list[str]:
+    triton = {k: c for k, c in run.kernels.items() if k[1] == "triton"}
+    roof = copy_gbps(run)
+    if not triton or not roof:
+        return [
+            "- kernels against the copy bandwidth and SpikingJelly: not measured here (the `triton` provider needs a "
+            "CUDA device; `bench/gpu.sh` on an H100/H200 measures them)"
+        ]
+    out = []
+    for n, least in BANDWIDTH_TARGETS.items():
+        for mode in KERNEL_MODES:
+            for dtype in ("float32", "bfloat16"):
+                steps = sorted(k[2] for k in triton if (k[0], k[3], k[4]) == (mode, n, dtype))
+                if not steps:
+                    continue
+                case = triton[mode, "triton", steps[-1], n, dtype]
+                share = gbps(case) / roof
+                at16 = triton.get((mode, "triton", TARGET_T, n, dtype))
+                also = f", {100 * gbps(at16) / roof:.0f}% at T={TARGET_T}" if at16 and steps[-1] != TARGET_T else ""
+                out.append(
+                    f"- `{case['op']}` {mode}, {dtype}, N={_pow2(n)}, T={steps[-1]}: {100 * share:.0f}% of copy"
+                    f"{also} (target >= {100 * least:.0f}%): {_verdict(share, least, True)}"
+                )
+    largest = max(k[3] for k in triton)
+    for (mode, dtype), least in PEER_TARGETS.items():
+        speedups = []
+        for (m, _, t, n, d), case in sorted(triton.items()):
+            if (m, n, d) != (mode, largest, dtype):
+                continue
+            peers = [run.kernels[m, p, t, n, d]["time"] for p in SJ_PROVIDERS if (m, p, t, n, d) in run.kernels]
+            if peers:
+                speedups.append((t, min(peers) / case["time"]))
+        if not speedups:
+            out.append(f"- `lif_multistep` {mode}, {dtype} vs SpikingJelly: not measured (no SpikingJelly cases)")
+            continue
+        worst_t, worst = min(speedups, key=lambda s: s[1])
+        listed = ", ".join(f"T={t}: {x:.2f}x" for t, x in speedups)
+        out.append(
+            f"- `lif_multistep` {mode}, {dtype}, N={_pow2(largest)}, against SpikingJelly's fastest backend: {listed} "
+            f"(target >= {least}x at every T): {_verdict(worst, least, True)}"
+            + ("" if worst >= least else f" (at T={worst_t})")
         )
-    return (
-        f"its GB/s is flat in T ({rise:.1f}x from T={steps[0]} to T={steps[-1]}), so the time loop itself limits it, "
-        "not launch overhead: the per-step math (surrogate, eligibility) or too few loads in flight per thread."
-    )
+    return out
+
+
+def targets(run: Run) -> list[str]:
+    """Every target, met, missed (by how much) or not measured here."""
+    return training_targets(run) + kernel_targets(run)
 
 
 def plots(run: Run, out: Path) -> list[str]:
@@ -309,18 +307,24 @@ def plots(run: Run, out: Path) -> list[str]:
         modes = [m for m in KERNEL_MODES if any(k[0] == m for k in run.kernels)]
         fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
         roof = copy_gbps(run)
+        largest = max(k[3] for k in run.kernels)
         for ax, mode in zip(axes[0], modes, strict=True):
             for provider in _providers(run):
-                points = sorted((t, gbps(c)) for (m, p, t), c in run.kernels.items() if m == mode and p == provider)
-                if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", label=provider)
+                for dtype in sorted({k[4] for k in run.kernels}):
+                    points = sorted(
+                        (k[2], gbps(c))
+                        for k, c in run.kernels.items()
+                        if (k[0], k[1], k[3], k[4]) == (mode, provider, largest, dtype)
+                    )
+                    if points:
+                        ax.plot(*zip(*points, strict=True), marker="o", label=f"{provider} {dtype}")
             if roof:
                 ax.axhline(roof, color="black", linestyle="--", label=f"copy {roof:.0f} GB/s")
-            ax.set(yscale="log", ylabel="GB/s (least traffic / time)", title=mode)
+            ax.set(yscale="log", ylabel="GB/s (least traffic / time)", title=f"{mode}, N = {_pow2(largest)}")
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-            _time_axis(ax, {t for m, _, t in run.kernels if m == mode})
+            _time_axis(ax, {k[2] for k in run.kernels if k[0] == mode})
             ax.legend(fontsize="small")
         fig.suptitle(_title(run, "neuron ops"))
         fig.tight_layout()
@@ -349,6 +353,24 @@ def _title(run: Run, what: str) -> str:
     return f"{what}: {run.info.get('device_name', '?')}"
 
 
+WHAT_IS_MEASURED = """\
+What is measured:
+
+- **Training steps** (`bench/test_training_bench.py`): forward on a random batch (direct encoding), cross-entropy,
+  backward and an SGD step, for SpikeKD's `bptt` (BPTT through the fused LIF kernel), `rate` (rate-based
+  backpropagation: no graph through time), `blockwise` (the student in rate mode with every hybrid branch of the
+  block-wise replacement method), and `sj-bptt`: the same network with SpikingJelly 2.0's multi-step `LIFNode`
+  (its own backend choice) in every neuron, trained by BPTT, as SpikingJelly users train today.
+- **Neuron ops** (`bench/test_kernels_bench.py`): `lif_multistep` forward (`fwd`), forward + backward for a random
+  upstream gradient (`fwd+bwd`) and the rate spike pass `lif_rate` (`rate`) on [T, N] inputs, by provider: `triton`
+  (SpikeKD's kernels), `reference` (SpikeKD's PyTorch twins, the CPU path), `compile` (`torch.compile` of the twins)
+  and SpikingJelly's backends (`sj-*`). GB/s is the least traffic of the op (fwd: read X, write S; fwd+bwd: also
+  write and re-read H, read dL/dS, write dL/dX; rate: read X, write S, rate and elig) over its time, the same bytes
+  for every provider, against the device's copy bandwidth (read + write) measured in the same run. Times include
+  the host's launch path, as a user's call does.
+"""
+
+
 def write_report(run: Run, out: Path, command: str) -> tuple[Path, list[str]]:
     """DIR/report.md and the plots; returns the report's path and the PNG names written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -358,16 +380,17 @@ def write_report(run: Run, out: Path, command: str) -> tuple[Path, list[str]]:
     lines = [
         f"# SpikeKD benchmarks: {info.get('device_name', 'unknown device')}",
         "",
-        f"- device: {info.get('device')} ({info.get('device_name')}); torch {info.get('torch')}"
+        f"- machine: {info.get('device')} ({info.get('device_name')}); torch {info.get('torch')}"
         + (f", CUDA {info['cuda']}" if info.get("cuda") else "")
         + (f"; {info['threads']} CPU thread(s)" if info.get("device") == "cpu" else ""),
         f"- scale: `{info.get('scale')}` (bench/config.py); times: the {run.stat} over each case's rounds",
         "- run at: " + ", ".join(f"{at} ({name})" for name, at in run.run_at.items()),
         "- copy bandwidth (device-to-device `copy_`, read + write): "
         + (f"{roof:.1f} GB/s" if roof else "not measured"),
-        f"- made by: `{command}` from {', '.join(Path(s).name for s in run.sources)}",
+        f"- this report: `{command}` over {', '.join(Path(s).name for s in run.sources)}",
         "",
-        "## Targets (issue 5)",
+        WHAT_IS_MEASURED,
+        "## Targets",
         "",
         *targets(run),
         "",
@@ -378,10 +401,8 @@ def write_report(run: Run, out: Path, command: str) -> tuple[Path, list[str]]:
         lines += [
             "## Neuron ops",
             "",
-            "GB/s = the least traffic of the op (fwd: read X, write S; fwd+bwd: also write and re-read H, read dL/dS,"
-            " write dL/dX; rate: read X, write S, rate and elig) over the time; the same bytes for every "
-            "provider, so GB/s ranks them like time does. Providers absent from a table were skipped here "
-            "(the `triton` provider and SpikingJelly's triton/cuda backends need CUDA; SpikingJelly has no rate pass).",
+            "Providers absent from a table were skipped here (the `triton` provider and SpikingJelly's triton/cuda "
+            "backends need CUDA; SpikingJelly has no rate pass, and its kernels take no bf16).",
             "",
             *kernel_tables(run),
         ]

@@ -1,4 +1,5 @@
-"""One training step of an SNN in `bptt`, `rate`, `blockwise` (rate-mode hybrids) or `sj-bptt` mode, and its peak memory.
+"""One training step of an SNN in `bptt`, `rate`, `blockwise` (rate-mode hybrids) or `sj-bptt` mode, and its peak
+memory.
 
     step = build_step(TrainCase("tiny_resnet", "rate", T=4, batch=16, image=32), device)
     step()  # forward, loss, backward, SGD step

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.datasets.augment import AUGMENT_HELP, parse_augment
 from distill.run_folder import MARKER as RUN_FOLDER_MARKER
 from models import list_models
 
@@ -92,8 +93,7 @@ _NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 ACCEPTED = {
     **dict.fromkeys(("time_steps", "batch_size", "grad_accum", "eval_batch_size", "log_every"), _AT_LEAST_1),
     **dict.fromkeys(("epochs", "teacher_epochs", "max_steps", "checkpoint_every", "threads"), _AT_LEAST_0),
-    "balance_every": _AT_LEAST_0,
-    **dict.fromkeys(("train_subset", "test_subset", "image_size"), _AT_LEAST_0),
+    **dict.fromkeys(("train_subset", "test_subset", "image_size", "workers", "balance_every"), _AT_LEAST_0),
     **dict.fromkeys(("lr", "v_threshold", "tau", "map_tau"), _POSITIVE),
     **dict.fromkeys(("alpha", "beta", "noise_scale", "weight_decay", "grad_clip"), _NON_NEGATIVE),
     "neuron_tau": (
@@ -101,6 +101,7 @@ ACCEPTED = {
         "a finite number >= 1 (the membrane keeps 1 - 1/tau of itself)",
     ),
     "momentum": (lambda v: math.isfinite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "val_fraction": (lambda v: math.isfinite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63 - 1]"),
 }
 
@@ -123,9 +124,23 @@ class Config:
     image_size: int = option(0, "side of ImageNet crops and DVS frames (0 = 224 / 48)")
     train_subset: int = option(0, "train on a fixed random subset of this many samples (0 = all)")
     test_subset: int = option(0, "evaluate on a fixed random subset of this many samples (0 = all)")
-    augment: bool = option(True, "random crop with padding and flip (as suits the data set), on the device")
+    val_fraction: float = option(
+        0.1, "hold out this fraction of the training samples (fixed by --seed) to pick student_best.pt (0 = none)"
+    )
+    augment: str = option("standard", AUGMENT_HELP)
+    workers: int = option(2, "DataLoader processes that read, decode and augment samples (0 = the training process)")
     # models
-    arch: str = option("tiny_resnet", "architecture of the teacher ANN and the student SNN", tuple(list_models()))
+    arch: str = option("tiny_resnet", "architecture of the student SNN (and of the teacher ANN)", tuple(list_models()))
+    teacher_arch: str = option(
+        "",
+        "architecture of the teacher ANN ('' = --arch); kd and ckd take any, blockwise one with the student's stages",
+        ("", *list_models()),
+    )
+    stem: str = option(
+        "auto",
+        "ResNets' stem (auto = imagenet for the imagenet data set, else cifar; torchvision weights need imagenet)",
+        ("auto", "cifar", "imagenet"),
+    )
     time_steps: int = option(4, "SNN time steps T (event data: must equal the frames per sample)")
     neuron_tau: float = option(2.0, "LIF membrane time constant")
     v_threshold: float = option(1.0, "LIF firing threshold")
@@ -182,7 +197,16 @@ class Config:
         50, "measure each loss term's gradient norm every N steps (logged; sets grad_norm branch weights; 0 = never)"
     )
     # teacher
-    teacher: str = option("", "load the teacher from this checkpoint instead of training it")
+    teacher: str = option(
+        "",
+        "use the teacher in this file as it is, instead of training one: a SpikeKD teacher.pt or a state_dict file "
+        "(SpikeKD's layout, or torchvision's / timm's ResNet)",
+    )
+    teacher_weights: str = option(
+        "",
+        "start the teacher stage from the weights in this file (as --teacher accepts) and fine-tune them for "
+        "--teacher-epochs; the head starts fresh where its class count differs from the data set's",
+    )
     teacher_epochs: int = option(15, "epochs of teacher training")
     # optimisation (both stages)
     epochs: int = option(15, "epochs of student training")
@@ -206,7 +230,7 @@ class Config:
     # run
     device: str = option("auto", "cpu, cuda, cuda:1 ... (auto = cuda when available; under torchrun, the local GPU)")
     seed: int = option(0, "seed of weights, sample order and augmentation")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    threads: int = option(0, "torch CPU threads (0 = the cores left idle, shared among the run's local processes)")
     out: str = option("", "run folder ('' = runs/<dataset>-<method>-<train>)")
     resume: bool = option(
         False, "continue the run in --out from its checkpoint, exactly (--lr and --threads may change)"
@@ -214,6 +238,11 @@ class Config:
     overwrite: bool = option(False, "start afresh in an --out that holds a finished or stopped run, replacing it")
     checkpoint_every: int = option(0, "also checkpoint every N optimizer steps, mid-epoch (0 = at epoch ends)")
     log_every: int = option(10, "write a metrics line every N steps")
+    log: str = option(
+        "jsonl",
+        "metrics go to metrics.jsonl; tensorboard: also TensorBoard scalars in <run>/tensorboard (extra tensorboard)",
+        ("jsonl", "tensorboard"),
+    )
     progress: str = option("auto", "progress bars (auto = only on a terminal)", ("auto", "on", "off"))
 
     def __post_init__(self):
@@ -240,6 +269,12 @@ class Config:
                 raise ValueError(
                     f"--splits must be distinct stage indices >= 1 separated by commas, got {self.splits!r}"
                 )
+        parse_augment(self.augment)
+        if self.teacher and self.teacher_weights:
+            raise ValueError(
+                "--teacher (use a teacher as it is) and --teacher-weights (fine-tune one from these weights) exclude "
+                f"each other, got {self.teacher!r} and {self.teacher_weights!r}"
+            )
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -277,9 +312,11 @@ class Config:
         values = {k.replace("-", "_"): v for k, v in values.items()}
         if isinstance(values.get("init_from_teacher"), bool):  # the option's name in configs saved before --init
             values.setdefault("init", "teacher" if values.pop("init_from_teacher") else "scratch")
+        if isinstance(values.get("augment"), bool):  # runs saved when augment was an on/off switch
+            values["augment"] = "standard" if values["augment"] else "none"
         recipe = values.get("recipe", "default")
         if recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {list(RECIPES)}, got {recipe!r}")
+            raise ValueError(f"--recipe must be one of {list(RECIPES)}, got {recipe!r}")
         values = {**RECIPES[recipe], **values}
         unknown = sorted(set(values) - names)
         if unknown:

@@ -11,19 +11,38 @@ from distill.evaluate import E_AC_PJ, E_MAC_PJ
 def summary_rows(results: dict) -> list[tuple[str, str]]:
     cfg = results["config"]
     return [
-        ("data set", f"{cfg['dataset']} ({cfg['arch']}, T={cfg['time_steps']})"),
+        ("data set", f"{cfg['dataset']} ({architectures(cfg)}, T={cfg['time_steps']})"),
         ("method", f"{_label(cfg)} / {cfg['train_mode']} (student init: {cfg.get('init', 'scratch')})"),
         ("teacher accuracy", f"{100 * results['teacher_acc']:.2f} %"),
         ("student accuracy", f"{100 * results['student_acc']:.2f} %"),
+        *best_student_row(results.get("student_best") or {}),
         ("firing rate", f"{100 * results['firing_rate']:.2f} % (mean over LIF layers)"),
         ("energy / sample", f"SNN {results['snn_energy_uj']:.3f} uJ vs ANN {results['ann_energy_uj']:.3f} uJ"),
         ("time", f"teacher {results['teacher_time_s']:.1f} s, student {results['student_time_s']:.1f} s"),
-        ("peak memory", f"{results['peak_memory_mb']:.0f} MiB ({results['device']})"),
+        ("peak memory", f"{results['peak_memory_mb']:.0f} MiB ({results['device']}{threads(results)})"),
     ]
 
 
 def _label(cfg: dict) -> str:
     return Config.from_dict(cfg).label
+
+
+def best_student_row(best: dict) -> list[tuple[str, str]]:
+    if not best:
+        return []
+    text = f"epoch {best['epoch']}: val {100 * best['val_acc']:.2f} %, test {100 * best['test_acc']:.2f} %"
+    return [("best student (val)", text + " (student_best.pt)")]
+
+
+def threads(results: dict) -> str:
+    count = results.get("threads")
+    return "" if count is None else f", {count} thread{'s' if count != 1 else ''}"
+
+
+def architectures(cfg: dict) -> str:
+    """ "resnet18", or "resnet34 -> resnet18" where the teacher's architecture differs from the student's."""
+    teacher = cfg.get("teacher_arch") or cfg["arch"]
+    return cfg["arch"] if teacher == cfg["arch"] else f"{teacher} -> {cfg['arch']}"
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:
@@ -44,12 +63,13 @@ def write_report(path: str | Path, results: dict) -> None:
         "",
         "## Accuracy per epoch",
         "",
-        "| stage | epoch | step | test accuracy |",
-        "|---|---|---|---|",
+        "| stage | epoch | step | train loss | train accuracy | val accuracy | test accuracy |",
+        "|---|---|---|---|---|---|---|",
     ]
     for stage in ("teacher", "student"):
         for h in results[f"{stage}_history"]:
-            lines.append(f"| {stage} | {h['epoch']} | {h['step']} | {100 * h['test_acc']:.2f} % |")
+            cells = [stage, h["epoch"], h["step"], _number(h, "train_loss"), *_percents(h, "train", "val", "test")]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [
         "",
         "## Energy estimate (per sample)",
@@ -72,3 +92,11 @@ def write_report(path: str | Path, results: dict) -> None:
     lines += ["Reproduce: `python -m distill.run --config config.toml --out NEW_FOLDER` (this block, saved in the run "
               "folder).", ""]  # fmt: skip
     Path(path).write_text("\n".join(lines))
+
+
+def _number(record: dict, key: str) -> str:
+    return f"{record[key]:.4f}" if key in record else "-"
+
+
+def _percents(record: dict, *splits: str) -> list[str]:
+    return [f"{100 * record[f'{s}_acc']:.2f} %" if f"{s}_acc" in record else "-" for s in splits]

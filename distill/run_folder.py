@@ -4,7 +4,8 @@ when asked, and keeps a second run out of a folder in use.
 - ``MARKER`` (``.spikekd-run``): written when SpikeKD takes a folder. A non-empty folder without it holds someone
   else's files, and SpikeKD refuses it whatever the options (but ``--resume`` from a SpikeKD checkpoint in it).
 - ``RESULT_FILES``: what a run writes. A fresh run into a folder that holds any of them needs ``--overwrite``; they are
-  deleted only after every check of the run has passed (``clear_results``), and never the teacher being loaded.
+  deleted only after every check of the run has passed (``clear_results``, with ``--log tensorboard``'s event files),
+  and never the teacher being loaded.
 - ``LOCK`` (``.spikekd.lock``): the pid, host and start time of the process writing into the folder. A lock whose
   process is gone (killed) is stale and taken over; a live one stops the second run.
 """
@@ -23,11 +24,13 @@ RESULT_FILES = (
     "metrics.jsonl",
     "teacher.pt",
     "student.pt",
+    "student_best.pt",
     "results.json",
     "report.md",
     "config.toml",
 )
 TEMPORARY_PATTERN = ".*.pt.*.tmp"  # save_checkpoint's temporary files, left behind by a killed write
+TENSORBOARD_PATTERN = "tensorboard/events.out.tfevents.*"  # --log tensorboard's event files
 
 
 class RunFolderError(RuntimeError):
@@ -76,11 +79,12 @@ def clear_results(run_dir: Path, keep: Path | None = None) -> list[str]:
     ``keep`` (the teacher checkpoint being loaded). Returns the names deleted."""
     keep = keep.resolve() if keep is not None else None
     paths = [run_dir / name for name in RESULT_FILES] + sorted(run_dir.glob(TEMPORARY_PATTERN))
+    paths += sorted(run_dir.glob(TENSORBOARD_PATTERN))
     deleted = []
     for path in paths:
         if path.is_file() and path.resolve() != keep:
             path.unlink()
-            deleted.append(path.name)
+            deleted.append(path.relative_to(run_dir).as_posix())
     return deleted
 
 

@@ -143,9 +143,9 @@ def _specialisation(kernel, args, constexprs, num_warps) -> Specialisation:
     if len(runtime) != len(args):
         raise TypeError(f"{kernel.__name__} takes {len(runtime)} runtime arguments, the launcher passed {len(args)}")
     # As Triton's launcher does: an int equal to 1 is compiled as the constant 1.
-    ones = {name: 1 for name, value in zip(runtime, args) if type(value) is int and value == 1}
+    ones = {name: 1 for name, value in zip(runtime, args, strict=False) if type(value) is int and value == 1}
     constants = dict(constexprs, **ones)
-    signature = [(name, _type_of(value)) for name, value in zip(runtime, args) if name not in ones]
+    signature = [(name, _type_of(value)) for name, value in zip(runtime, args, strict=False) if name not in ones]
     signature += [(name, "constexpr") for name in constants]
     return Specialisation(
         kernel.__module__, kernel.__name__, tuple(signature), tuple(sorted(constants.items())), num_warps
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(spec, arch) for arch in archs for spec in specs]
     failures = []
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
-        for (spec, arch), message in zip(jobs, pool.map(compile_one, *zip(*jobs), chunksize=4)):
+        messages = pool.map(compile_one, [spec for spec, _ in jobs], [arch for _, arch in jobs], chunksize=4)
+        for (spec, arch), message in zip(jobs, messages, strict=True):
             if message is not None:
                 failures.append(f"sm_{arch} {spec.describe()}:\n    " + message.replace("\n", "\n    "))
     for failure in failures:

@@ -18,11 +18,9 @@ def interpreter_enabled() -> bool:
 
 
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from kernels.triton_support import MISSING
+
+    return MISSING is None
 
 
 def check_backend(backend: str) -> None:
@@ -37,6 +35,10 @@ def use_triton(backend: str, x: torch.Tensor) -> bool:
         return False
     runnable = triton_available() and (x.is_cuda or (x.device.type == "cpu" and interpreter_enabled()))
     if backend == "triton":
+        if not triton_available():
+            from kernels.triton_support import MISSING
+
+            raise RuntimeError(f"backend='triton' cannot run: {MISSING}; use backend='auto' or 'reference'")
         if not runnable:
             raise RuntimeError(
                 f"backend='triton' cannot run on a {x.device.type} tensor here: it needs triton installed and a "

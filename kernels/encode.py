@@ -7,14 +7,13 @@ never on the block size or the device; `kernels.reference.philox_uniform` reprod
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
 from kernels.launch import launch, readable_step
 from kernels.options import check_floating
+from kernels.triton_support import tl, triton
 
 MAX_SEED = 2**63 - 1
 

@@ -23,7 +23,6 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import triton
 
 # (largest N, BLOCK, num_warps), first match wins.
 LAUNCH_SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -50,7 +49,7 @@ class StepLayout:
 def step_layout(step: torch.Tensor) -> StepLayout | None:
     """The layout of one step (a tensor of any shape) as rows x columns, or None where it needs more dims."""
     runs: list[tuple[int, int]] = []  # (size, stride), outer to inner, adjacent dims merged where they chain
-    for size, stride in zip(step.shape, step.stride()):
+    for size, stride in zip(step.shape, step.stride(), strict=False):
         if size == 1:
             continue
         if runs and runs[-1][1] == stride * size:
@@ -69,6 +68,9 @@ def step_layout(step: torch.Tensor) -> StepLayout | None:
 
 def readable_sequence(x: torch.Tensor) -> tuple[torch.Tensor, int, StepLayout]:
     """(x or a contiguous copy of it, the time stride, the step layout) for a kernel reading x [T, ...]."""
+    if x.is_contiguous():
+        step = x[0].numel()
+        return x, step, StepLayout(step, 0, 1)
     layout = step_layout(x[0])
     if layout is None:
         x = x.contiguous()
@@ -94,9 +96,11 @@ def launch_shape(n: int) -> tuple[int, int]:
     raise ValueError(f"n must be at most {LAUNCH_SHAPES[-1][0]}, got {n}")
 
 
-def launch(kernel: triton.JITFunction, n: int, *args, **constexprs) -> None:
+def launch(kernel, n: int, *args, **constexprs) -> None:
     """Runs `kernel` over n neurons with the launch shape of `launch_shape(n)` (one program per BLOCK neurons)."""
     from torch.library import wrap_triton
+
+    from kernels.triton_support import triton
 
     block, num_warps = launch_shape(n)
     if _RECORDING is not None:

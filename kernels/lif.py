@@ -3,20 +3,23 @@
 Layers: Triton kernels -> launchers -> `torch.ops.spikekd.lif_multistep{,_backward}` (triton_op, fake, autograd)
 -> the public `lif_multistep`. The forward saves only the pre-reset potential H [T, ...] (in the storage dtype);
 the backward recomputes spikes from it. Without a graph to build, H is not written at all.
+
+The kernels are compiled with `enable_fp_fusion=False` (`kernels/launch.py`): `lam * v + x` rounds after the multiply
+and after the add, as the PyTorch twin and SpikingJelly do, so spikes are bit-identical to theirs on the GPU.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
 from kernels.launch import launch, readable_sequence
 from kernels.lif_step import charge, fire, reset, reset_grad, store_potential, surrogate_grad
-from kernels.options import LIFOptions, check_sequence
+from kernels.options import check_sequence, neuron_args
+from kernels.triton_support import tl, triton
+
 
 @triton.jit
 def _lif_forward_kernel(
@@ -209,7 +212,9 @@ def _lif_multistep_backward_op(
 
 
 @_lif_multistep_backward_op.register_fake
-def _(grad_spikes, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha, sum_over_t, backend):
+def _(
+    grad_spikes, h_seq, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha, sum_over_t, backend
+):
     if sum_over_t:
         return h_seq.new_empty(h_seq.shape[1:], dtype=reference.compute_dtype(h_seq))
     return torch.empty_like(h_seq)
@@ -231,21 +236,45 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(h_seq)
 
 
+def _input_gradient(ctx, grad_x: torch.Tensor) -> torch.Tensor:
+    """dL/dX in x's shape. For an input constant in time the gradient left the kernel summed over T; it is returned
+    as its mean repeated over T (a view, no [T, ...] copy), and autograd's sum through the expand gives the sum."""
+    if ctx.sum_over_t:
+        return (grad_x / ctx.x_shape[0]).to(ctx.x_dtype).unsqueeze(0).expand(ctx.x_shape)
+    return grad_x
+
+
 def _backward(ctx, grad_spikes, _grad_h):
-    """For an input constant in time the gradient leaves the kernel summed over T; returned as its mean repeated
-    over T (a view, no [T, ...] copy), autograd's sum through the expand gives the sum back."""
     if not ctx.store_h:
         raise RuntimeError("lif_multistep was called with store_h=False, so it kept no state to differentiate")
     (h_seq,) = ctx.saved_tensors
-    grad_x = torch.ops.spikekd.lif_multistep_backward(
-        grad_spikes, h_seq, *ctx.neuron_args, ctx.sum_over_t, ctx.backend
-    )
-    if ctx.sum_over_t:
-        grad_x = (grad_x / ctx.x_shape[0]).to(ctx.x_dtype).unsqueeze(0).expand(ctx.x_shape)
-    return (grad_x,) + (None,) * 9
+    grad_x = torch.ops.spikekd.lif_multistep_backward(grad_spikes, h_seq, *ctx.neuron_args, ctx.sum_over_t, ctx.backend)
+    return (_input_gradient(ctx, grad_x),) + (None,) * 9
 
 
 _lif_multistep_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLIFMultistep(torch.autograd.Function):
+    """The Triton path outside torch.compile: the same launchers as the op, without torch.library's dispatch and
+    autograd wrapper, which cost more host time per call than a kernel over a CIFAR layer takes on a GPU. The op
+    stays what torch.compile traces and what `torch.library.opcheck` checks."""
+
+    @staticmethod
+    def forward(ctx, x, args, store_h):
+        spikes, h_seq = _forward_triton(x, *args[:4], store_h)
+        ctx.neuron_args = args
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.sum_over_t = is_constant_in_time(x)
+        if store_h:
+            ctx.save_for_backward(h_seq)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        (h_seq,) = ctx.saved_tensors
+        grad_x = _backward_triton(grad_spikes, h_seq, *ctx.neuron_args, ctx.sum_over_t)
+        return _input_gradient(ctx, grad_x), None, None
 
 
 def lif_multistep(
@@ -268,7 +297,9 @@ def lif_multistep(
     """
     check_sequence(x)
     check_backend(backend)
-    options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    args = neuron_args(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     store_h = torch.is_grad_enabled() and x.requires_grad
-    spikes, _ = torch.ops.spikekd.lif_multistep(x, *options.op_args(), store_h, backend)
+    if use_triton(backend, x) and not torch.compiler.is_compiling():
+        return _EagerLIFMultistep.apply(x, args, store_h)
+    spikes, _ = torch.ops.spikekd.lif_multistep(x, *args, store_h, backend)
     return spikes

@@ -3,8 +3,7 @@
 Each function mirrors its twin in `kernels/reference.py` operation for operation; all math is fp32.
 """
 
-import triton
-import triton.language as tl
+from kernels.triton_support import tl, triton
 
 # Module-level constants a @jit function reads must be `tl.constexpr(...)` values: the compiler rejects a plain
 # annotated global (the interpreter does not), and `python -m kernels.aot` checks every kernel against the compiler.

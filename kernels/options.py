@@ -6,6 +6,7 @@ raises errors that name the argument, the value given and what is accepted.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -68,6 +69,22 @@ class LIFOptions:
             self.surrogate_id,
             self.surrogate_alpha,
         )
+
+
+def neuron_args(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha) -> tuple:
+    """`LIFOptions(...).op_args()`, checked once per distinct set of options (a layer calls it at every step)."""
+    options = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    if torch.compiler.is_compiling():  # traced once per graph; dynamo does not trace through lru_cache
+        return LIFOptions(*options).op_args()
+    try:
+        return _cached_neuron_args(*options)
+    except TypeError:  # an unhashable option: LIFOptions says what is wrong with it
+        return LIFOptions(*options).op_args()
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _cached_neuron_args(*options) -> tuple:
+    return LIFOptions(*options).op_args()
 
 
 def check_sequence(x: torch.Tensor, name: str = "x") -> None:

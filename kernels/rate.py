@@ -5,20 +5,23 @@
   writes the spikes over x (the spike stream's private temporaries: one [T, ...] tensor fewer alive).
 - `rate_ste(current, rate, elig)`: the rate stream's neuron, valued `rate`, with d/d current = elig.
 - `rate_reduce(s)`: mean over time in fp32 (also fused into `lif_rate`).
+
+The kernels are compiled with `enable_fp_fusion=False` (`kernels/launch.py`): no multiply-add is fused, as in the
+PyTorch twins, so spikes and eligibilities match theirs on the GPU to the last bit of each rounding.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
 from kernels.launch import launch, readable_sequence, readable_step
 from kernels.lif_step import charge, fire, reset, reset_grad, surrogate_grad
-from kernels.options import LIFOptions, check_floating, check_same_device, check_sequence
+from kernels.options import check_floating, check_same_device, check_sequence, neuron_args
+from kernels.triton_support import tl, triton
+
 
 # Forward-mode eligibility, carried beside the potential:
 #   h'_t = lam v'_{t-1} + g,   v'_t = h'_t dV_t/dH_t,   elig = (1/T) sum_t sg_t h'_t
@@ -219,8 +222,11 @@ def lif_rate(
     """
     check_sequence(x)
     check_backend(backend)
-    options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
-    return torch.ops.spikekd.lif_rate(x.detach(), *options.op_args(), backend)
+    args = neuron_args(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    if use_triton(backend, x) and not torch.compiler.is_compiling():  # eager: the launcher without the dispatcher
+        spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return spikes, *_lif_rate_triton(x.detach(), spikes, *args)
+    return torch.ops.spikekd.lif_rate(x.detach(), *args, backend)
 
 
 def lif_rate_(
@@ -242,9 +248,13 @@ def lif_rate_(
     check_sequence(x)
     check_backend(backend)
     check_writable_in_place(x)
-    options = LIFOptions(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
+    args = neuron_args(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     spikes = x.detach()  # the same storage (and version counter): autograd still sees the write
-    rate, elig = torch.ops.spikekd.lif_rate_(spikes, *options.op_args(), backend)
+    if use_triton(backend, x) and not torch.compiler.is_compiling() and spikes.is_contiguous():
+        rate, elig = _lif_rate_triton(spikes, spikes, *args)
+        torch.autograd.graph.increment_version(spikes)  # written in place, as the op's mutates_args declares
+        return spikes, rate, elig
+    rate, elig = torch.ops.spikekd.lif_rate_(spikes, *args, backend)
     return spikes, rate, elig
 
 
@@ -253,11 +263,11 @@ def check_writable_in_place(x: torch.Tensor) -> None:
     spike in one place), and no leaf that requires grad (its values are the parameters autograd differentiates)."""
     if x.is_leaf and x.requires_grad:
         raise ValueError("lif_rate_ cannot write over a leaf tensor that requires grad; use lif_rate(x)")
-    overlapping = any(stride == 0 and size > 1 for size, stride in zip(x.shape, x.stride()))
+    overlapping = any(stride == 0 and size > 1 for size, stride in zip(x.shape, x.stride(), strict=False))
     if overlapping or torch._debug_has_internal_overlap(x) == 1:
         raise ValueError(
-            f"lif_rate_ writes the spikes over x, so x must not overlap itself; got shape {tuple(x.shape)} with strides "
-            f"{x.stride()} (an expanded view?); use lif_rate(x)"
+            "lif_rate_ writes the spikes over x, so x must not overlap itself; got shape "
+            f"{tuple(x.shape)} with strides {x.stride()} (an expanded view?); use lif_rate(x)"
         )
 
 
@@ -268,11 +278,7 @@ def check_writable_in_place(x: torch.Tensor) -> None:
 def _rate_reduce_op(s: torch.Tensor, backend: str) -> torch.Tensor:
     if not use_triton(backend, s):
         return reference.rate_reduce(s)
-    s, t_stride, layout = readable_sequence(s)
-    out = torch.empty(s.shape[1:], dtype=_state_dtype(s), device=s.device)
-    if out.numel() > 0:
-        launch(_rate_reduce_kernel, out.numel(), s, t_stride, *layout.args(), out, out.numel(), s.shape[0])
-    return out
+    return _rate_reduce_triton(s)
 
 
 @_rate_reduce_op.register_fake
@@ -293,10 +299,34 @@ def _rate_reduce_backward(ctx, grad):
 _rate_reduce_op.register_autograd(_rate_reduce_backward, setup_context=_rate_reduce_setup)
 
 
+def _rate_reduce_triton(s: torch.Tensor) -> torch.Tensor:
+    s, t_stride, layout = readable_sequence(s)
+    out = torch.empty(s.shape[1:], dtype=_state_dtype(s), device=s.device)
+    if out.numel() > 0:
+        launch(_rate_reduce_kernel, out.numel(), s, t_stride, *layout.args(), out, out.numel(), s.shape[0])
+    return out
+
+
+class _EagerRateReduce(torch.autograd.Function):
+    """rate_reduce's Triton path outside torch.compile, without torch.library's dispatch (see `_EagerLIFMultistep`
+    in kernels/lif.py)."""
+
+    @staticmethod
+    def forward(ctx, s):
+        ctx.shape, ctx.dtype = s.shape, s.dtype
+        return _rate_reduce_triton(s)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _rate_reduce_backward(ctx, grad)[0]
+
+
 def rate_reduce(s: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """mean_t s_t of s [T, ...] -> [...], accumulated and returned in fp32; differentiable."""
     check_sequence(s, "s")
     check_backend(backend)
+    if use_triton(backend, s) and not torch.compiler.is_compiling():
+        return _EagerRateReduce.apply(s)
     return torch.ops.spikekd.rate_reduce(s, backend)
 
 
@@ -351,6 +381,22 @@ def _rate_ste_backward(ctx, grad):
 _rate_ste_op.register_autograd(_rate_ste_backward, setup_context=_rate_ste_setup)
 
 
+class _EagerRateSTE(torch.autograd.Function):
+    """rate_ste's Triton path outside torch.compile, without torch.library's dispatch (see `_EagerLIFMultistep` in
+    kernels/lif.py)."""
+
+    @staticmethod
+    def forward(ctx, current, rate, elig):
+        ctx.dtype = current.dtype
+        ctx.save_for_backward(elig)
+        return _scaled_copy(rate, None, current.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (elig,) = ctx.saved_tensors
+        return _scaled_copy(grad, elig, ctx.dtype), None, None
+
+
 def rate_ste(current: torch.Tensor, rate: torch.Tensor, elig: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """The rate neuron: returns `rate` (in current's dtype) with d out / d current = elig, elementwise.
 
@@ -366,4 +412,6 @@ def rate_ste(current: torch.Tensor, rate: torch.Tensor, elig: torch.Tensor, *, b
         )
     check_same_device(current=current, rate=rate, elig=elig)
     check_backend(backend)
+    if use_triton(backend, current) and not torch.compiler.is_compiling():
+        return _EagerRateSTE.apply(current, rate.detach(), elig.detach())
     return torch.ops.spikekd.rate_ste(current, rate.detach(), elig.detach(), backend)

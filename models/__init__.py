@@ -14,6 +14,8 @@ from models.network import Head, Network
 from models.neuron import LIF, MODES, FiringRates
 from models.registry import create_model, list_models
 from models.streams import Streams
+from models.student import Student, export, load_student
+from models.weights import LoadedWeights, load_weights
 
 __all__ = [
     "BatchNorm2d",
@@ -21,12 +23,17 @@ __all__ = [
     "Head",
     "HybridNet",
     "LIF",
+    "LoadedWeights",
     "MODES",
     "Network",
     "PoissonEncoder",
     "Streams",
+    "Student",
     "create_model",
     "direct_encode",
+    "export",
     "list_models",
+    "load_student",
+    "load_weights",
     "make_layers",
 ]

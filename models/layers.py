@@ -3,7 +3,8 @@
 Each SNN layer subclasses its torch layer (same parameter names, so `snn.load_state_dict(ann.state_dict())` works)
 and accepts a time-first sequence [T, B, ...] (time folded into batch, "t b ... -> (t b) ...") or, in rate mode, a
 `Streams` pair, on which it acts on both streams. `BatchNorm2d` in rate mode normalises both streams with the spike
-stream's statistics and passes the gradient through the rate stream's own (DESIGN.md "Rate-based backpropagation").
+stream's statistics and passes the gradient through the rate stream's own (docs/design.md, "Rate-based
+backpropagation").
 """
 
 from __future__ import annotations

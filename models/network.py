@@ -6,7 +6,7 @@
 
 The head (global average pool + linear) is linear, so head(mean_t s_t) = mean_t head(s_t): the logits are the mean
 over time of the per-step logits, computed once. SNN modes: "bptt" (graph through time), "rate" (the two-stream
-pass of DESIGN.md: the logits and features are the rate stream's), "eval" (no graph, nothing saved). The default is
+pass of docs/design.md: the logits and features are the rate stream's), "eval" (no graph, nothing saved). The default is
 "bptt" when the net is training, "eval" otherwise. An ANN builds a graph unless mode="eval".
 """
 

@@ -1,7 +1,7 @@
 """The LIF neuron as a stateless, time-first nn.Module over the ops of `kernels`.
 
 It takes the whole sequence [T, B, ...] and starts from its reset potential every call: there is no membrane state
-to reset between batches. Three ways to run it (DESIGN.md "Rate-based backpropagation"):
+to reset between batches. Three ways to run it (docs/design.md, "Rate-based backpropagation"):
 
 - `bptt`: spikes = lif_multistep(x) with a graph through time (keeps one [T, B, ...] tensor for backward);
 - `rate`: on `Streams` (spikes, rate): lif_rate on the spike stream gives (spikes', rate', elig) without a graph
@@ -35,7 +35,7 @@ class LIF(nn.Module):
     """Leaky integrate-and-fire neurons: x [T, B, ...] -> spikes [T, B, ...], or Streams -> Streams in rate mode.
 
     H_t = (1 - 1/tau) V_{t-1} + X_t,  S_t = [H_t >= v_threshold],  V_t = H_t - v_threshold S_t (soft reset) or
-    v_reset where it fired (hard reset); see DESIGN.md "The neuron (exact)" for decay_input and the surrogates.
+    v_reset where it fired (hard reset); see docs/design.md, "The neuron", for decay_input and the surrogates.
     """
 
     def __init__(

@@ -6,11 +6,15 @@ name have identical parameter names and shapes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from torch import nn
 
 from models.network import Network
 from models.resnet import ResNet
 from models.vgg import VGG
+from models.weights import load_weights
 
 _REGISTRY: dict[str, Callable[..., Network]] = {}
 _DEFAULT_IN_CHANNELS: dict[str, int] = {"vggsnn": 2}  # event frames: ON and OFF polarity
@@ -77,11 +81,19 @@ def list_models() -> list[str]:
 
 
 def create_model(
-    name: str, kind: str = "ann", num_classes: int = 10, in_channels: int | None = None, T: int = 4, **kwargs
+    name: str,
+    kind: str = "ann",
+    num_classes: int = 10,
+    in_channels: int | None = None,
+    T: int = 4,
+    weights: nn.Module | Mapping | str | Path | None = None,
+    **kwargs,
 ) -> Network:
-    """Builds `name` as an ANN (ReLU) or SNN (LIF) twin.
+    """Builds `name` as an ANN (ReLU) or SNN (LIF) twin, with fresh weights or `weights`.
 
     in_channels None: 2 for "vggsnn" (event frames [T, B, 2, H, W]), 3 otherwise. T: timesteps (kind="snn" only).
+    weights: a model, a state_dict or a file in SpikeKD's layout or torchvision's ResNet layout (see
+    `models.weights`); where its head has another class count than `num_classes`, the head stays fresh.
     kwargs: `stem="cifar"|"imagenet"` for ResNets; neuron options for kind="snn" (tau, v_threshold, v_reset,
     decay_input, detach_reset, surrogate, alpha, backend), passed to every LIF layer.
     """
@@ -92,4 +104,7 @@ def create_model(
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
-    return _REGISTRY[name](kind=kind, num_classes=num_classes, in_channels=in_channels, T=T, **kwargs)
+    net = _REGISTRY[name](kind=kind, num_classes=num_classes, in_channels=in_channels, T=T, **kwargs)
+    if weights is not None:
+        load_weights(net, weights)
+    return net

@@ -1,4 +1,4 @@
-"""The pair that rate-based backpropagation carries through a network (DESIGN.md "Rate-based backpropagation").
+"""The pair that rate-based backpropagation carries through a network (docs/design.md, "Rate-based backpropagation").
 
 A `Streams` holds the spike stream `spikes` [T, B, ...], computed without a graph, and the rate stream `rate`
 [B, ...], computed with one. For a linear layer f, f(rate) = mean_t f(spikes_t), so both streams describe the same

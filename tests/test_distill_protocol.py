@@ -4,6 +4,10 @@ that none of their gradients swamps the student's own; per-term losses and gradi
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -126,3 +130,31 @@ def test_balanced_weights():
     norms = {"student": 2.0, "hybrid1": 20.0, "hybrid2": 1.0}
     assert balanced_weights(norms, "student") == {"student": 1.0, "hybrid1": 0.1, "hybrid2": 1.0}
     assert balanced_weights({"student": 0.0, "hybrid1": 5.0}, "student") == {"student": 1.0, "hybrid1": 1.0}
+
+
+@pytest.mark.slow
+def test_branch_weights_survive_a_kill_and_resume(tmp_path, digits_teacher):
+    """The grad_norm branch weights are in the checkpoint: a run killed mid-epoch and resumed ends with the same
+    weights as one that never stopped, and logs each gradient-norm probe once (the probe at the checkpoint's own
+    step, logged before the kill, is dropped and measured again)."""
+    from tests.test_trainer import ROOT, SELF_KILL, run_cli
+
+    args = [*QUICK, "--teacher", str(digits_teacher), "--train-subset", "284", "--batch-size", "32", "--epochs", "2"]
+    args += ["--log-every", "1", "--checkpoint-every", "3", "--balance-every", "3"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    reference = run_cli([*args, "--out", str(whole)], stdout=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    victim = subprocess.run([sys.executable, "-c", SELF_KILL, *args, "--out", str(broken)], cwd=ROOT, env=env)
+    assert victim.returncode == -signal.SIGKILL
+    saved = load_checkpoint(broken / "checkpoint.pt")
+    assert saved["step"] == 6 and set(saved["term_weights"]) == {"student", "hybrid1", "hybrid2"}
+    resumed = run_cli(
+        ["--out", str(broken), "--resume", "--progress", "off", "--threads", "1"], stdout=subprocess.DEVNULL
+    )
+    assert resumed.wait(timeout=300) == 0 and reference.wait(timeout=300) == 0
+    a, b = load_checkpoint(whole / "student.pt")["model"], load_checkpoint(broken / "student.pt")["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    probes = {run: [r for r in metrics(run) if "term_weight" in r] for run in (whole, broken)}
+    assert [r["step"] for r in probes[broken]] == [0, 3, 6, 9, 12, 15]
+    assert [r["term_weight"] for r in probes[broken]] == [r["term_weight"] for r in probes[whole]]
+    assert any(w < 1 for r in probes[whole] for w in r["term_weight"].values())  # the weights did something

@@ -16,8 +16,8 @@ QUICK = ["--train-subset", "128", "--test-subset", "32", "--batch-size", "32", "
 
 
 @pytest.mark.slow
-def test_default_command_beats_chance_by_far(tmp_path):
-    """The literal default command, from an empty folder: 10 classes, so chance is 10 %."""
+def test_default_command_gives_the_readme_figures(tmp_path):
+    """The literal default command, from an empty folder, within the spread the README states (chance: 10 %)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-m", "distill.run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
@@ -27,9 +27,11 @@ def test_default_command_beats_chance_by_far(tmp_path):
         assert row in done.stdout
     run_dir = tmp_path / "runs" / "digits-blockwise-rate"
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["teacher_acc"] > 0.9 and results["student_acc"] > 0.8
+    # the README's figures and their spread across machines and thread counts
+    assert abs(results["teacher_acc"] - 0.983) <= 0.01 and abs(results["student_acc"] - 0.97) <= 0.015
     assert 0 < results["firing_rate"] < 1 and results["snn_energy_uj"] < results["ann_energy_uj"]
-    for name in ("report.md", "metrics.jsonl", "student.pt", "teacher.pt", "checkpoint.pt", "config.toml"):
+    made = ("report.md", "metrics.jsonl", "student.pt", "student_best.pt", "teacher.pt", "checkpoint.pt", "config.toml")
+    for name in made:
         assert (run_dir / name).is_file()
     assert "student accuracy" in (run_dir / "report.md").read_text()
 
@@ -71,5 +73,7 @@ def test_event_frames_end_to_end(tmp_path):
             "tiny_vgg", "--batch-size", "12", "--max-steps", "2", "--progress", "off"]  # fmt: skip
     with pytest.raises(SystemExit, match="--time-steps 4"):
         main([*args, "--time-steps", "3", "--out", str(tmp_path / "bad")])
-    results = main([*args, "--time-steps", "4", "--method", "ckd", "--out", str(tmp_path / "run")])
+    results = main(
+        [*args, "--time-steps", "4", "--method", "ckd", "--augment", "standard,roll", "--out", str(tmp_path / "run")]
+    )
     assert results["firing_rates"] and 0 <= results["student_acc"] <= 1

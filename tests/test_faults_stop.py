@@ -2,8 +2,10 @@
 checkpoint at the current step and end with one line; --resume continues exactly, or with a changed --lr / --threads
 that it announces; temporary files of a killed write are removed on the next start."""
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from distill.trainer import NonFiniteLossError, train
 ROOT = Path(__file__).resolve().parent.parent
 # 256 training digits = 8 steps of 32 per epoch
 QUICK = ["--train-subset", "256", "--test-subset", "64", "--batch-size", "32", "--threads", "1", "--progress", "off"]
+QUICK += ["--val-fraction", "0"]  # train on all 256: 8 steps an epoch
 
 
 class NanGradient(torch.autograd.Function):
@@ -161,6 +164,7 @@ def interrupt_at(monkeypatch, stage: str, step: int, signum: int) -> None:
 def test_a_signal_writes_a_checkpoint_at_the_current_step(tmp_path, monkeypatch, capsys, signum):
     interrupt_at(monkeypatch, "teacher", 5, signum)
     args = [*QUICK, "--out", str(tmp_path), "--teacher-epochs", "1", "--log-every", "1"]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(SystemExit) as stop:
         main(args)
     assert stop.value.code == 128 + signum
@@ -169,7 +173,37 @@ def test_a_signal_writes_a_checkpoint_at_the_current_step(tmp_path, monkeypatch,
     assert err[-1].startswith(f"stopped by {name} after teacher step 5 of 8; checkpoint written: {tmp_path}")
     assert err[-1].endswith(f"Continue with: python -m distill.run --resume --out {tmp_path}")
     assert_finite_checkpoint(tmp_path / "checkpoint.pt", "teacher", 5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    # handlers restored to what they were (a job started in the background has SIGINT ignored)
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
+    """For a step that hangs: the second signal interrupts it; one line, exit 130, the lock released."""
+    log = distill.trainer.Context.log
+
+    def log_then_signal_twice(self, record):
+        log(self, record)
+        if record.get("stage") == "teacher" and record.get("step") == 3 and "loss" in record:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(distill.trainer.Context, "log", log_then_signal_twice)
+    with pytest.raises(SystemExit) as stop:
+        main([*QUICK, "--out", str(tmp_path), "--teacher-epochs", "1", "--log-every", "1", "--checkpoint-every", "2"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"interrupted; the run folder {tmp_path} keeps")
+    assert not (tmp_path / ".spikekd.lock").exists()
+    assert_finite_checkpoint(tmp_path / "checkpoint.pt", "teacher", 2)
+
+
+def test_a_full_disk_while_logging_is_one_line_and_releases_the_folder(tmp_path, monkeypatch, capsys):
+    def full(self, record):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.run_dir / "metrics.jsonl"))
+
+    monkeypatch.setattr(distill.trainer.Context, "log", full)
+    with pytest.raises(SystemExit, match=r"No space left on device: '.*metrics\.jsonl'"):
+        main([*QUICK, "--out", str(tmp_path), "--teacher-epochs", "1"])
+    assert not (tmp_path / ".spikekd.lock").exists()
 
 
 # Runs distill.run and sends itself SIGINT right after logging student step 5 (mid-epoch, no checkpoint due).
@@ -199,7 +233,8 @@ def test_ctrl_c_then_resume_gives_the_same_weights(tmp_path):
         [sys.executable, "-c", SELF_INTERRUPT, *args, "--out", str(stopped)], env=env, capture_output=True, text=True
     )
     assert victim.returncode == 130, victim.stderr[-3000:]
-    assert "Traceback" not in victim.stderr and len(victim.stderr.strip().splitlines()) == 1, victim.stderr
+    said = [line for line in victim.stderr.strip().splitlines() if not re.match(r"(teacher|student) epoch ", line)]
+    assert "Traceback" not in victim.stderr and len(said) == 1, victim.stderr  # besides the lines of each epoch
     assert_finite_checkpoint(stopped / "checkpoint.pt", "student", 5)
     stray = stopped / ".checkpoint.pt.k1ll3d.tmp"
     stray.write_bytes(b"half a checkpoint")
@@ -247,4 +282,48 @@ def test_a_kill_inside_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert resumed.returncode == 0 and reference.wait(timeout=300) == 0
     assert not list(killed.glob("*.tmp"))
     a, b = load_checkpoint(whole / "student.pt")["model"], load_checkpoint(killed / "student.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+# Under torchrun: rank 0 alone sends itself SIGTERM right after logging student step 3.
+RANK0_TERMINATES = """
+import os, signal, sys
+import distill.trainer
+log = distill.trainer.Context.log
+def log_then_terminate(self, record):
+    log(self, record)
+    if record.get("stage") == "student" and record.get("step") == 3 and "loss" in record:
+        os.kill(os.getpid(), signal.SIGTERM)
+distill.trainer.Context.log = log_then_terminate
+from distill.run import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """Two gloo processes; only rank 0 gets SIGTERM, after step 3: both stop after step 4, the first all-reduce that
+    carries the signal (no rank left waiting in one), the checkpoint is of that step, and --resume under torchrun
+    ends as the run that never stopped."""
+    (tmp_path / "stop.py").write_text(RANK0_TERMINATES)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [*QUICK, "--teacher-epochs", "1", "--epochs", "1", "--log-every", "1"]
+    whole = subprocess.run([*torchrun, "-m", "distill.run", *args, "--out", str(tmp_path / "whole")], env=env)
+    stopped = subprocess.run(
+        [*torchrun, str(tmp_path / "stop.py"), *args, "--out", str(tmp_path / "stopped")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert whole.returncode == 0 and stopped.returncode != 0
+    # each rank learns of the signal at the next step's all-reduce (step 4), rank 1 as well as rank 0
+    steps = re.findall(r"stopped by SIGTERM after student step (\d+) of 8", stopped.stderr)
+    assert steps == ["4", "4"], stopped.stderr[-3000:]
+    assert_finite_checkpoint(tmp_path / "stopped" / "checkpoint.pt", "student", 4)
+    resume = ["--resume", "--out", str(tmp_path / "stopped"), "--progress", "off"]
+    assert subprocess.run([*torchrun, "-m", "distill.run", *resume], env=env).returncode == 0
+    a = load_checkpoint(tmp_path / "whole" / "student.pt")["model"]
+    b = load_checkpoint(tmp_path / "stopped" / "student.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)

@@ -22,15 +22,16 @@ from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.config import Config, parse_config
 from distill.datasets import load_dataset, random_crop_flip
 from distill.datasets.base import Dataset
-from distill.datasets.sampling import micro_batches
-from distill.evaluate import E_AC_PJ, E_MAC_PJ, Profile, profile
+from distill.datasets.sampling import epoch_order, micro_batches
+from distill.evaluate import E_AC_PJ, E_MAC_PJ, Profile, accuracy, model_input, profile
 from distill.losses import BlockwiseLoss, SAMDLoss, blockwise_loss, kd_loss
 from distill.run import main
 from distill.trainer import train
-from models import LIF, FiringRates
+from models import LIF, FiringRates, create_model
 from tests.test_faults_stop import interrupt_at
 
 QUICK = ["--train-subset", "256", "--test-subset", "64", "--batch-size", "32", "--threads", "1", "--progress", "off"]
+QUICK += ["--val-fraction", "0"]  # train on all 256: 8 steps an epoch
 
 # ----------------------------------------------------------------------------------------------- models
 
@@ -59,6 +60,17 @@ def test_firing_rates_pool_every_call():
         net(late_spikes_input())  # rate 1/2 over 24 neuron-steps
         net(torch.zeros(4, 1, 3))  # rate 0 over 12
     assert rates.rates() == {"0": pytest.approx(12 / 36)}
+
+
+def test_a_hybrid_tail_runs_the_snn_for_all_of_its_time_steps():
+    snn = create_model("tiny_resnet", "snn", num_classes=10, in_channels=1, T=5)
+    steps = []
+    first_input = lambda module, args: steps.append(getattr(args[0], "spikes", args[0]).shape[0])
+    snn.stages[1].register_forward_pre_hook(first_input)
+    feature = torch.rand(2, snn.stage_channels[0], 4, 4)
+    for mode in ("bptt", "rate", "eval"):
+        snn.forward_tail(feature, 1, mode=mode)
+    assert steps == [5, 5, 5]
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -294,6 +306,26 @@ def test_micro_batches_average_their_gradients(tmp_path, monkeypatch):
     assert len(norms) == 2 and 0.8 < norms[1] / norms[0] < 1.25
 
 
+def test_the_optimizer_decays_the_weights(tmp_path, monkeypatch):
+    decays = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        decays.append({group["weight_decay"] for group in self.param_groups})
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    args = [*QUICK, "--teacher-epochs", "1", "--epochs", "0", "--max-steps", "1", "--weight-decay", "0.003"]
+    train(parse_config([*args, "--out", str(tmp_path)]))
+    assert decays and all(0.003 in d for d in decays)
+
+
+def test_every_epoch_is_evaluated(tmp_path):
+    results = train(parse_config([*QUICK, "--teacher-epochs", "3", "--epochs", "2", "--out", str(tmp_path)]))
+    assert [(h["epoch"], h["step"]) for h in results["teacher_history"]] == [(1, 8), (2, 16), (3, 24)]
+    assert [(h["epoch"], h["step"]) for h in results["student_history"]] == [(1, 8), (2, 16)]
+
+
 def metrics(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -314,6 +346,20 @@ def test_augmentation_differs_from_step_to_step(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------- data
+
+
+def test_the_sample_order_is_a_permutation_that_depends_on_seed_and_epoch():
+    orders = {(seed, epoch): epoch_order(50, epoch, seed) for seed in (0, 1) for epoch in (0, 1)}
+    assert all(torch.equal(o.sort().values, torch.arange(50)) for o in orders.values())
+    assert len({tuple(o.tolist()) for o in orders.values()}) == 4
+
+
+def test_event_frames_reach_the_snn_time_first_and_the_ann_as_their_mean():
+    x = torch.rand(2, 5, 2, 4, 4)  # [B, T, C, H, W]
+    assert torch.equal(model_input(x, "snn"), x.transpose(0, 1))
+    torch.testing.assert_close(model_input(x, "ann"), x.mean(1))
+    static = torch.rand(2, 1, 4, 4)
+    assert model_input(static, "snn") is static and model_input(static, "ann") is static
 
 
 def test_crop_offsets_are_drawn_per_axis():
@@ -384,6 +430,36 @@ def test_synaptic_operations_count_every_time_step():
     p = profile(LateSpikingNet(), data, torch.device("cpu"), torch.arange(6))
     spikes_per_sample = (3 * 2 * 3 + 3 * 2 * 1) / 6  # neurons x firing steps, averaged over the samples
     assert p.sops == pytest.approx(5 * spikes_per_sample) and p.firing_rates == {"lif": pytest.approx(4 / 12)}
+
+
+class GroupedNet(nn.Module):
+    """A depthwise conv (4 groups of 1 channel, 3x3, pad 1) on 4 channels of 5x5 and a linear 100 -> 2."""
+
+    kind = "ann"
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.Linear(100, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_grouped_convolutions_count_the_macs_of_their_groups():
+    data = Dataset("toy", torch.zeros(3, dtype=torch.int64), 2, images=torch.rand(3, 4, 5, 5) + 0.1, scale=1.0)
+    p = profile(GroupedNet(), data, torch.device("cpu"), torch.arange(3))
+    assert p.macs == 4 * 25 * 9 + 100 * 2  # each output reads 1 channel x 3 x 3, not 4
+
+
+@pytest.mark.parametrize("start_training", [False, True])
+def test_evaluation_leaves_the_model_in_the_mode_it_found(start_training):
+    snn = create_model("tiny_resnet", "snn", num_classes=10, in_channels=1, T=2)
+    snn.train(start_training)
+    data = load_dataset("digits", "test")
+    accuracy(snn, data, torch.device("cpu"), 64, torch.arange(64))
+    assert snn.training == start_training and all(m.training == start_training for m in snn.modules())
+    profile(snn, data, torch.device("cpu"), torch.arange(16))
+    assert snn.training == start_training and all(m.training == start_training for m in snn.modules())
 
 
 def test_energy_constants_are_horowitz_45nm():

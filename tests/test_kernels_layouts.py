@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernels import lif_multistep, lif_rate, lif_rate_, poisson_encode, rate_reduce, rate_ste, reference
 from kernels.launch import StepLayout, step_layout
@@ -83,7 +85,7 @@ def test_lif_rate_and_rate_reduce_on_views(view):
     x = _views(_current((4, 3, 7), seed=2))[view]
     got = lif_rate(x, backend="triton", surrogate="atan")
     expected = lif_rate(x, backend="reference", surrogate="atan")
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(rate_reduce(x, backend="triton"), rate_reduce(x, backend="reference"))
 
@@ -194,7 +196,8 @@ def test_special_values_match_reference(surrogate, v_reset, detach_reset):
         spikes = lif_multistep(leaf, backend=backend, **kw)
         spikes.backward(grad)
         outputs[backend] = (spikes, leaf.grad, *lif_rate(x, backend=backend, **kw))
-    for name, a, b in zip(["spikes", "grad", "rate spikes", "rate", "elig"], outputs["triton"], outputs["reference"]):
+    names = ["spikes", "grad", "rate spikes", "rate", "elig"]
+    for name, a, b in zip(names, outputs["triton"], outputs["reference"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
     assert outputs["reference"][0].isnan().any(), "NaN input must give NaN spikes"
 
@@ -218,6 +221,32 @@ def test_poisson_encode_nan_probability_gives_nan():
     for backend in ("triton", "reference"):
         spikes = poisson_encode(x, 6, seed=1, backend=backend)
         assert spikes[:, 0].isnan().all() and spikes[:, 1].eq(1).all() and spikes[:, 2].eq(0).all(), backend
+
+
+# --- without Triton: the twins run, and asking for the kernels says why they cannot ---------------------------
+
+
+def test_without_triton_the_ops_run_their_twins():
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["triton"] = None  # as on a platform without a triton wheel
+        import torch, kernels, models
+        x = torch.randn(3, 2, 5, requires_grad=True)
+        kernels.lif_multistep(x).sum().backward()
+        assert x.grad.shape == x.shape
+        net = models.create_model("tiny_resnet", kind="snn", num_classes=10, T=2)
+        assert net(torch.rand(2, 3, 16, 16), mode="rate").shape == (2, 10)
+        try:
+            kernels.lif_rate(x, backend="triton")
+        except RuntimeError as error:
+            print(error)
+        """
+    )
+    env = dict(_without_interpreter(), PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "backend='triton' cannot run: the triton package cannot be imported here" in done.stdout
 
 
 # --- the AOT check: every kernel compiles for sm_80 and sm_90 ---------------------------------------------------
@@ -277,3 +306,61 @@ def test_aot_refuses_the_interpreter_and_bad_targets():
         cwd=ROOT, env=_without_interpreter(), capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 2 and "--target takes comma-separated CUDA targets" in done.stderr
+
+
+# --- random cases: shapes, layouts, dtypes, options and special values ------------------------------------------
+
+
+@st.composite
+def _neuron_case(draw):
+    n_steps = draw(st.integers(1, 5))
+    step_shape = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
+    layout = draw(st.sampled_from(["contiguous", "expanded over T", "transposed", "sliced last dim"]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16]))
+    options = dict(
+        tau=draw(st.floats(1.0, 4.0)),
+        v_threshold=draw(st.floats(0.25, 2.0)),
+        v_reset=draw(st.sampled_from([None, 0.0, -0.3])),
+        decay_input=draw(st.booleans()),
+        detach_reset=draw(st.booleans()),
+        surrogate=draw(st.sampled_from(sorted(SURROGATES))),
+    )
+    special = draw(st.sampled_from([None, math.nan, math.inf, -math.inf]))
+    return n_steps, step_shape, layout, dtype, options, special, draw(st.integers(0, 2**16))
+
+
+def _laid_out(base: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "expanded over T":
+        return base[:1].expand(base.shape)
+    if layout == "transposed" and base.dim() >= 3:
+        return base.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "sliced last dim":
+        return torch.nn.functional.pad(base, (0, 3))[..., : base.shape[-1]]
+    return base
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=_neuron_case())
+def test_random_cases_match_reference(case):
+    """Every mismatch between the kernels and the twin is a failure, within one tolerance per dtype."""
+    n_steps, step_shape, layout, dtype, options, special, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn((n_steps, 2, *step_shape), generator=gen) * 1.5 + 0.5
+    if special is not None:
+        base[torch.rand(base.shape, generator=gen) < 0.1] = special
+    x = _laid_out(base.to(dtype=dtype, device=DEVICE), layout)
+    grad = torch.randn(x.shape, generator=gen).to(dtype=dtype, device=DEVICE)
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    results = {}
+    for backend in ("triton", "reference"):
+        leaf = x.detach().clone().requires_grad_()
+        source = leaf[:1].expand(x.shape) if layout == "expanded over T" else leaf
+        spikes = lif_multistep(source, backend=backend, **options)
+        spikes.backward(grad)
+        results[backend] = (spikes, leaf.grad, *lif_rate(x, backend=backend, **options))
+    names = ["spikes", "grad", "rate spikes", "rate", "elig"]
+    for name, a, b in zip(names, results["triton"], results["reference"], strict=True):
+        exact = name.endswith("spikes")
+        torch.testing.assert_close(
+            a, b, **(dict(rtol=0, atol=0) if exact else tolerance), equal_nan=True, msg=lambda m, n=name: f"{n}: {m}"
+        )

@@ -127,7 +127,8 @@ def test_lif_rate_matches_reference(shape, v_reset, detach_reset, decay_input, s
 
 @pytest.mark.parametrize("v_reset,detach_reset,decay_input,surrogate", GRID, ids=GRID_IDS)
 def test_eligibility_is_bptt_gradient_of_mean_spikes(v_reset, detach_reset, decay_input, surrogate):
-    """DESIGN.md's invariant: elig = sum_t d(mean_t S_t)/dX_t, the BPTT input gradient for a shift of every X_t."""
+    """The invariant of docs/design.md, "The operators": elig = sum_t d(mean_t S_t)/dX_t, the BPTT input gradient
+    for a shift of every X_t."""
     kw = _kwargs(v_reset, detach_reset, decay_input, surrogate, tau=2.0)
     x = _current((8, 3, 17))
     _, _, elig = lif_rate(x, backend="triton", **kw)

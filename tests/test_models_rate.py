@@ -1,4 +1,4 @@
-"""Rate-based backprop against BPTT: exact where DESIGN.md says it is, close on a ResNet, flat memory in T."""
+"""Rate-based backprop against BPTT: exact where docs/design.md says it is, close on a ResNet, flat memory in T."""
 
 import pytest
 import torch
@@ -153,7 +153,7 @@ def test_batchnorm_rate_mode_uses_spike_statistics(seed, owned, track_running_st
             assert torch.equal(getattr(bn, name), getattr(reference, name)), name
     else:
         assert bn.running_mean is None and bn.running_var is None
-    # Straight-through statistics (DESIGN.md): mu = sg(mu_s) + mu_r - sg(mu_r), and the same for var.
+    # Straight-through statistics (docs/design.md): mu = sg(mu_s) + mu_r - sg(mu_r), and the same for var.
     upstream = torch.randn_like(rate_in)
     out.rate.backward(upstream)
     r = rate_in.detach().clone().requires_grad_()

@@ -74,21 +74,47 @@ class Dataset:
     def in_channels(self) -> int:
         return self.sample_shape[-3]
 
-    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-        """Samples ``index`` (int64 ``[B]``) as ``x`` float32 ``[B, *sample_shape]`` normalised, ``y`` ``[B]``."""
+    def batch(self, index: Tensor, device: torch.device | str = "cpu", normalize: bool = True) -> tuple[Tensor, Tensor]:
+        """Samples ``index`` (int64 ``[B]``) as ``x`` float32 ``[B, *sample_shape]`` normalised (or, without
+        ``normalize``, only scaled: images in [0, 1]), ``y`` ``[B]``."""
+        x = self.raw(index).to(device, non_blocking=True)
+        return self.scale_and_normalize(x, normalize), self.labels[index].to(device)
+
+    def raw(self, index: Tensor) -> Tensor:
+        """Samples ``index`` as stored or decoded (uint8 images, float event frames), ``[B, *sample_shape]``."""
         if self.images is not None:
-            x = self.images[index].to(device, non_blocking=True).float() / self.scale
-        else:
-            x = torch.stack([self.loader(int(i)) for i in index]).to(device).float() / self.scale
-        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(-1, 1, 1)
-        return (x - mean) / std, self.labels[index].to(device)
+            return self.images[index]
+        return torch.stack([self.loader(int(i)) for i in index])
+
+    def scale_and_normalize(self, x: Tensor, normalize: bool = True) -> Tensor:
+        """Raw samples ``[..., C, H, W]`` -> float32 divided by ``scale``, normalised per channel if ``normalize``."""
+        x = x.float() / self.scale
+        if not normalize:
+            return x
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
 
     def subset(self, size: int, seed: int = 0) -> Dataset:
         """The first ``size`` samples of a fixed random permutation (a quick, class-balanced-in-expectation subset)."""
         if size >= len(self) or size <= 0:
             return self
         keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+        return self.select(keep)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset | None]:
+        """(rest, held out): ``round(fraction * len)`` samples, fixed by ``seed``, held out of this set (a validation
+        split of the training set); None where that rounds to no sample."""
+        held = round(fraction * len(self))
+        if held <= 0:
+            return self, None
+        if held >= len(self):
+            raise DatasetError(f"val_fraction={fraction} holds out all {len(self)} training samples; lower it")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed + 1))
+        return self.select(order[held:].sort().values), self.select(order[:held].sort().values)
+
+    def select(self, keep: Tensor) -> Dataset:
+        """The samples ``keep`` (int64 indices), in that order."""
         if self.images is not None:
             images, loader = self.images[keep], None
         else:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.datasets.base import Dataset, corrupt, missing
-from distill.datasets.folder import check_same_classes
+from distill.datasets.base import Dataset, DatasetError, corrupt, missing
+from distill.datasets.folder import split_classes
 
 DVS_DIR = Path.home() / ".cache" / "spikekd" / "cifar10_dvs"
 TRAIN_FRACTION = 0.9
@@ -40,7 +40,7 @@ class _FrameLoader:
     def __call__(self, i: int) -> torch.Tensor:
         path = self.paths[i]
         try:
-            if path.suffix == ".npz":
+            if path.suffix.lower() == ".npz":
                 with np.load(path) as data:
                     frames = data["frames"]
             else:
@@ -66,11 +66,14 @@ def load_dvs(split: str, root: Path | None = None, image_size: int = 48) -> Data
     base = split_dir if split_dir.is_dir() else root
     if not base.is_dir():
         raise missing("cifar10_dvs", root, _HOW)
-    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in ("train", "test"))
-    check_same_classes("cifar10_dvs", root / "train", base, classes, _HOW)
+    classes = split_classes("cifar10_dvs", root, base, _HOW, skip=("train", "test"))
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (base / name).iterdir() if p.suffix in (".npz", ".npy"))
+        if not (base / name).is_dir():
+            continue
+        files = sorted(p for p in (base / name).iterdir() if p.is_file() and p.suffix.lower() in (".npz", ".npy"))
+        if not files:
+            raise DatasetError(f"cifar10_dvs: the class folder {base / name} has no .npz or .npy frame files")
         if base is root:
             cut = int(round(TRAIN_FRACTION * len(files)))
             files = files[:cut] if split == "train" else files[cut:]

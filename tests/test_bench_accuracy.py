@@ -1,5 +1,6 @@
 """``python -m bench.accuracy --quick``: the grid runs end to end, writes its three outputs, and resumes."""
 
+import importlib.util
 import json
 
 import pytest
@@ -35,7 +36,10 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
         assert r["command"].startswith("python -m distill.run ") and f"--seed {r['seed']}" in r["command"]
     report = (out / "report.md").read_text()
     assert "| convert | rate | default | 0,1 |" in report and "vs direct" in report
-    assert (out / "accuracy.png").stat().st_size > 0 or pytest.importorskip("matplotlib") is None
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "accuracy.png").stat().st_size > 0
+    else:  # the plot extra is not installed: the tables are written all the same
+        assert not (out / "accuracy.png").exists()
 
     # the same command again runs nothing; other settings in the same folder are refused
     main(argv)

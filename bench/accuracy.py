@@ -273,7 +273,8 @@ def _difference(value: tuple[float, float] | None) -> str:
 
 
 def write_plot(path: Path, results: dict) -> bool:
-    """Test accuracy per epoch per method (mean over seeds), one panel per train mode; False without matplotlib."""
+    """Test accuracy per epoch per method (mean over seeds), one panel per train mode, one colour per method (dotted
+    for a recipe other than the default); False without matplotlib."""
     try:
         import matplotlib
 
@@ -285,15 +286,16 @@ def write_plot(path: Path, results: dict) -> bool:
     modes = sorted({r["train"] for r in results["records"]})
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
     for ax, train_mode in zip(axes[0], modes, strict=True):
-        curves: dict[str, list[list[float]]] = {}
+        curves: dict[tuple[str, str], list[list[float]]] = {}
         for r in results["records"]:
             if r["train"] == train_mode:
-                name = r["method"] if r["recipe"] == DEFAULT_RECIPE else f"{r['method']} ({r['recipe']})"
-                curves.setdefault(name, []).append(r["accuracy_per_epoch"])
-        for name, runs in curves.items():
+                curves.setdefault((r["method"], r["recipe"]), []).append(r["accuracy_per_epoch"])
+        for (method, recipe), runs in curves.items():
             length = min(len(run) for run in runs)
             mean = [100 * statistics.fmean(run[e] for run in runs) for e in range(length)]
-            ax.plot(range(1, length + 1), mean, marker="o", label=f"{name} (n={len(runs)})")
+            name = method if recipe == DEFAULT_RECIPE else f"{method} ({recipe})"
+            style = dict(color=f"C{list(ROWS).index(method)}", linestyle="-" if recipe == DEFAULT_RECIPE else ":")
+            ax.plot(range(1, length + 1), mean, marker="o", label=f"{name} (n={len(runs)})", **style)
         teacher = results.get("teacher", {}).get("accuracy")
         if teacher is not None:
             ax.axhline(100 * teacher, color="grey", linestyle="--", label="teacher")

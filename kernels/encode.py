@@ -11,7 +11,7 @@ from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
-from kernels.launch import launch, readable_step
+from kernels.launch import element_offsets, launch, readable_step
 from kernels.options import check_floating
 from kernels.triton_support import tl, triton
 
@@ -32,7 +32,7 @@ def _poisson_encode_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
-    x = tl.load(x_ptr + (offs // x_cols) * x_row_stride + (offs % x_cols) * x_col_stride, mask=mask, other=0.0)
+    x = tl.load(x_ptr + element_offsets(offs, x_cols, x_row_stride, x_col_stride), mask=mask, other=0.0)
     x = x.to(tl.float32)
     p = tl.where(x < 0.0, 0.0, tl.where(x > 1.0, 1.0, x))  # clamp to [0, 1] keeping NaN (tl.maximum drops it)
     counter = offs

@@ -23,6 +23,9 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch.library import wrap_triton
+
+from kernels.triton_support import tl, triton  # noqa: F401 - the interpreter wants tl beside a @jit function
 
 # (largest N, BLOCK, num_warps), first match wins.
 LAUNCH_SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -44,6 +47,12 @@ class StepLayout:
 
     def args(self) -> tuple[int, int, int]:
         return (self.cols, self.row_stride, self.col_stride)
+
+
+@triton.jit
+def element_offsets(offs, cols, row_stride, col_stride):
+    """Where the elements `offs` of one step lie, in the layout of `StepLayout` (a device function of the kernels)."""
+    return (offs // cols) * row_stride + (offs % cols) * col_stride
 
 
 def step_layout(step: torch.Tensor) -> StepLayout | None:
@@ -98,10 +107,6 @@ def launch_shape(n: int) -> tuple[int, int]:
 
 def launch(kernel, n: int, *args, **constexprs) -> None:
     """Runs `kernel` over n neurons with the launch shape of `launch_shape(n)` (one program per BLOCK neurons)."""
-    from torch.library import wrap_triton
-
-    from kernels.triton_support import triton
-
     block, num_warps = launch_shape(n)
     if _RECORDING is not None:
         _RECORDING.append((kernel, args, dict(constexprs, BLOCK=block), num_warps))

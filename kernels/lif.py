@@ -15,7 +15,7 @@ from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
-from kernels.launch import launch, readable_sequence
+from kernels.launch import element_offsets, launch, readable_sequence
 from kernels.lif_step import charge, fire, reset, reset_grad, store_potential, surrogate_grad
 from kernels.options import check_sequence, neuron_args
 from kernels.triton_support import tl, triton
@@ -52,7 +52,7 @@ def _lif_forward_kernel(
     h_rested = tl.cast(h_rested, tl.float32)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
-    x_offs = (offs // x_cols) * x_row_stride + (offs % x_cols) * x_col_stride
+    x_offs = element_offsets(offs, x_cols, x_row_stride, x_col_stride)
     v = tl.full((BLOCK,), 0.0, tl.float32)
     if HARD:
         v += v_reset
@@ -105,7 +105,7 @@ def _lif_backward_kernel(
     alpha = tl.cast(alpha, tl.float32)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
-    grad_offs = (offs // grad_cols) * grad_row_stride + (offs % grad_cols) * grad_col_stride
+    grad_offs = element_offsets(offs, grad_cols, grad_row_stride, grad_col_stride)
     last = tl.cast(n_steps - 1, tl.int64)  # n_steps may arrive as the constant 1 (Triton specialises ints equal to 1)
     grad_spikes_ptr += last * grad_t_stride
     h_ptr += last * n_neurons
@@ -231,9 +231,14 @@ def _setup_context(ctx, inputs, output):
     ctx.neuron_args = tuple(neuron_args)
     ctx.backend = backend
     ctx.store_h = store_h
+    _remember_input(ctx, x)
+    ctx.save_for_backward(h_seq)
+
+
+def _remember_input(ctx, x: torch.Tensor) -> None:
+    """What `_input_gradient` needs of the input: its shape, dtype and whether it is constant in time."""
     ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
     ctx.sum_over_t = is_constant_in_time(x)
-    ctx.save_for_backward(h_seq)
 
 
 def _input_gradient(ctx, grad_x: torch.Tensor) -> torch.Tensor:
@@ -264,8 +269,7 @@ class _EagerLIFMultistep(torch.autograd.Function):
     def forward(ctx, x, args, store_h):
         spikes, h_seq = _forward_triton(x, *args[:4], store_h)
         ctx.neuron_args = args
-        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
-        ctx.sum_over_t = is_constant_in_time(x)
+        _remember_input(ctx, x)
         if store_h:
             ctx.save_for_backward(h_seq)
         return spikes

@@ -17,7 +17,7 @@ from torch.library import triton_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
-from kernels.launch import launch, readable_sequence, readable_step
+from kernels.launch import element_offsets, launch, readable_sequence, readable_step
 from kernels.lif_step import charge, fire, reset, reset_grad, surrogate_grad
 from kernels.options import check_floating, check_same_device, check_sequence, neuron_args
 from kernels.triton_support import tl, triton
@@ -58,7 +58,7 @@ def _lif_rate_kernel(
     alpha = tl.cast(alpha, tl.float32)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
-    x_offs = (offs // x_cols) * x_row_stride + (offs % x_cols) * x_col_stride
+    x_offs = element_offsets(offs, x_cols, x_row_stride, x_col_stride)
     v = tl.full((BLOCK,), 0.0, tl.float32)
     if HARD:
         v += v_reset
@@ -96,7 +96,7 @@ def _rate_reduce_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_neurons
-    s_offs = (offs // s_cols) * s_row_stride + (offs % s_cols) * s_col_stride
+    s_offs = element_offsets(offs, s_cols, s_row_stride, s_col_stride)
     acc = tl.full((BLOCK,), 0.0, tl.float32)
     for _ in range(n_steps):
         acc += tl.load(s_ptr + s_offs, mask=mask, other=0.0).to(tl.float32)
@@ -118,7 +118,7 @@ def _scaled_copy_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    src_offs = (offs // src_cols) * src_row_stride + (offs % src_cols) * src_col_stride
+    src_offs = element_offsets(offs, src_cols, src_row_stride, src_col_stride)
     value = tl.load(src_ptr + src_offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_SCALE:
         value = value * tl.load(scale_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -150,6 +150,12 @@ def _lif_rate_triton(x, spikes, tau, v_threshold, v_reset, decay_input, detach_r
     return rate, elig
 
 
+def _lif_rate_new_spikes(x, args):
+    """The Triton spike pass into a new contiguous spike tensor: (spikes, rate, elig)."""
+    spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return spikes, *_lif_rate_triton(x, spikes, *args)
+
+
 @triton_op("spikekd::lif_rate", mutates_args={})
 def _lif_rate_op(
     x: torch.Tensor,
@@ -165,8 +171,7 @@ def _lif_rate_op(
     options = (tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alpha)
     if not use_triton(backend, x):
         return reference.lif_rate(x, *options)
-    spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return spikes, *_lif_rate_triton(x, spikes, *options)
+    return _lif_rate_new_spikes(x, options)
 
 
 @_lif_rate_op.register_fake
@@ -224,8 +229,7 @@ def lif_rate(
     check_backend(backend)
     args = neuron_args(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha)
     if use_triton(backend, x) and not torch.compiler.is_compiling():  # eager: the launcher without the dispatcher
-        spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        return spikes, *_lif_rate_triton(x.detach(), spikes, *args)
+        return _lif_rate_new_spikes(x.detach(), args)
     return torch.ops.spikekd.lif_rate(x.detach(), *args, backend)
 
 

@@ -7,7 +7,7 @@ never on the block size or the device; `kernels.reference.philox_uniform` reprod
 from __future__ import annotations
 
 import torch
-from torch.library import triton_op
+from torch.library import custom_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
@@ -43,7 +43,7 @@ def _poisson_encode_kernel(
         counter += n_neurons
 
 
-@triton_op("spikekd::poisson_encode", mutates_args={})
+@custom_op("spikekd::poisson_encode", mutates_args={})
 def _poisson_encode_op(x: torch.Tensor, n_steps: int, seed: int, backend: str) -> torch.Tensor:
     if not use_triton(backend, x):
         return reference.poisson_encode(x, n_steps, seed)

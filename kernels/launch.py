@@ -13,8 +13,9 @@ from the launch-shape sweep of the GPU benchmarks (`bench/launch_sweep.py`, resu
 Floating-point fusion. Every kernel is compiled with `enable_fp_fusion=False`: `lam * v + x` stays a rounded
 multiply and a rounded add, as in the PyTorch twins of `kernels/reference.py` and in SpikingJelly, so that spikes are
 bit-identical to them on the GPU (a fused multiply-add rounds once and flips spikes at the threshold). The kernels
-are memory-bound, so the extra instruction costs nothing measurable. Under `torch.compile` the option cannot be
-passed through the traced launch, and Triton's default applies there.
+are memory-bound, so the extra instruction costs nothing measurable. The ops are opaque custom ops to
+`torch.compile` (it calls them, it does not trace into them), so a compiled graph launches the same kernels with the
+same option, and its spikes equal eager mode's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from torch.library import wrap_triton
 
 from kernels.triton_support import tl, triton  # noqa: F401 - the interpreter wants tl beside a @jit function
 
@@ -111,8 +111,7 @@ def launch(kernel, n: int, *args, **constexprs) -> None:
     if _RECORDING is not None:
         _RECORDING.append((kernel, args, dict(constexprs, BLOCK=block), num_warps))
         return
-    options = {} if torch.compiler.is_compiling() else {"enable_fp_fusion": False}
-    wrap_triton(kernel)[(triton.cdiv(n, block),)](*args, **constexprs, BLOCK=block, num_warps=num_warps, **options)
+    kernel[(triton.cdiv(n, block),)](*args, **constexprs, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
 
 
 @contextlib.contextmanager

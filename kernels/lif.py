@@ -1,6 +1,6 @@
 """lif_multistep: the LIF neuron over a whole sequence, differentiable by BPTT.
 
-Layers: Triton kernels -> launchers -> `torch.ops.spikekd.lif_multistep{,_backward}` (triton_op, fake, autograd)
+Layers: Triton kernels -> launchers -> `torch.ops.spikekd.lif_multistep{,_backward}` (custom_op, fake, autograd)
 -> the public `lif_multistep`. The forward saves only the pre-reset potential H [T, ...] (in the storage dtype);
 the backward recomputes spikes from it. Without a graph to build, H is not written at all.
 
@@ -11,7 +11,7 @@ and after the add, as the PyTorch twin and SpikingJelly do, so spikes are bit-id
 from __future__ import annotations
 
 import torch
-from torch.library import triton_op
+from torch.library import custom_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
@@ -166,7 +166,7 @@ def _backward_triton(
     return grad_x
 
 
-@triton_op("spikekd::lif_multistep", mutates_args={})
+@custom_op("spikekd::lif_multistep", mutates_args={})
 def _lif_multistep_op(
     x: torch.Tensor,
     tau: float,
@@ -189,7 +189,7 @@ def _(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alp
     return torch.empty_like(x), (torch.empty_like(x) if store_h else x.new_empty(0))
 
 
-@triton_op("spikekd::lif_multistep_backward", mutates_args={})
+@custom_op("spikekd::lif_multistep_backward", mutates_args={})
 def _lif_multistep_backward_op(
     grad_spikes: torch.Tensor,
     h_seq: torch.Tensor,

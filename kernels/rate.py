@@ -13,7 +13,7 @@ PyTorch twins, so spikes and eligibilities match theirs on the GPU to the last b
 from __future__ import annotations
 
 import torch
-from torch.library import triton_op
+from torch.library import custom_op
 
 from kernels import reference
 from kernels.backend import check_backend, use_triton
@@ -156,7 +156,7 @@ def _lif_rate_new_spikes(x, args):
     return spikes, *_lif_rate_triton(x, spikes, *args)
 
 
-@triton_op("spikekd::lif_rate", mutates_args={})
+@custom_op("spikekd::lif_rate", mutates_args={})
 def _lif_rate_op(
     x: torch.Tensor,
     tau: float,
@@ -180,7 +180,7 @@ def _(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate_id, alp
     return torch.empty_like(x), rate, torch.empty_like(rate)
 
 
-@triton_op("spikekd::lif_rate_", mutates_args={"x"})
+@custom_op("spikekd::lif_rate_", mutates_args={"x"})
 def _lif_rate_inplace_op(
     x: torch.Tensor,
     tau: float,
@@ -278,7 +278,7 @@ def check_writable_in_place(x: torch.Tensor) -> None:
 # --- rate_reduce ------------------------------------------------------------------------------------------------
 
 
-@triton_op("spikekd::rate_reduce", mutates_args={})
+@custom_op("spikekd::rate_reduce", mutates_args={})
 def _rate_reduce_op(s: torch.Tensor, backend: str) -> torch.Tensor:
     if not use_triton(backend, s):
         return reference.rate_reduce(s)
@@ -347,7 +347,7 @@ def _scaled_copy(src: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dty
     return out
 
 
-@triton_op("spikekd::rate_ste", mutates_args={})
+@custom_op("spikekd::rate_ste", mutates_args={})
 def _rate_ste_op(current: torch.Tensor, rate: torch.Tensor, elig: torch.Tensor, backend: str) -> torch.Tensor:
     if use_triton(backend, current):
         return _scaled_copy(rate, None, current.dtype)
@@ -359,7 +359,7 @@ def _(current, rate, elig, backend):
     return torch.empty_like(current)
 
 
-@triton_op("spikekd::rate_ste_backward", mutates_args={})
+@custom_op("spikekd::rate_ste_backward", mutates_args={})
 def _rate_ste_backward_op(grad: torch.Tensor, elig: torch.Tensor, dtype: torch.dtype, backend: str) -> torch.Tensor:
     if use_triton(backend, grad):
         return _scaled_copy(grad, elig, dtype)

@@ -1,6 +1,9 @@
 """The ops as PyTorch sees them: opcheck, torch.compile, saved state, surrogates, rate_ste/rate_reduce, bad input."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,18 +11,10 @@ import torch
 from kernels import lif_multistep, lif_rate, poisson_encode, rate_reduce, rate_ste, reference
 from kernels.options import SURROGATES, LIFOptions
 
+ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["triton", "reference"]
 # The kernels run on CUDA where there is one, else under the Triton interpreter on the CPU.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# The Triton interpreter cannot run a kernel while AOT dispatch traces the op's body (it reads data pointers of the
-# tracing tensors), so on CPU the triton backend gets every opcheck test but that one; on CUDA it gets them all.
-INTERPRETED = ("test_schema", "test_autograd_registration", "test_faketensor")
-ALL_OPCHECKS = (*INTERPRETED, "test_aot_dispatch_dynamic")
-
-
-def _opcheck(op, args, backend):
-    interpreted = backend == "triton" and not torch.cuda.is_available()
-    torch.library.opcheck(op, args, test_utils=INTERPRETED if interpreted else ALL_OPCHECKS)
 
 
 def _current(shape, seed=0):
@@ -27,7 +22,7 @@ def _current(shape, seed=0):
     return (torch.randn(shape, generator=gen) * 1.2 + 0.4).to(DEVICE)
 
 
-# --- torch.library: opcheck on every op, torch.compile(fullgraph=True) ------------------------------------------
+# --- torch.library: every opcheck test on every op and backend, torch.compile(fullgraph=True) -------------------
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -35,36 +30,40 @@ def _current(shape, seed=0):
 def test_opcheck_lif_ops(backend, v_reset, surrogate):
     args = LIFOptions(v_reset=v_reset, surrogate=surrogate, detach_reset=False).op_args()
     x = _current((3, 2, 5)).requires_grad_()
-    _opcheck(torch.ops.spikekd.lif_multistep.default, (x, *args, True, backend), backend)
-    _opcheck(torch.ops.spikekd.lif_multistep.default, (x.detach(), *args, False, backend), backend)
+    torch.library.opcheck(torch.ops.spikekd.lif_multistep.default, (x, *args, True, backend))
+    torch.library.opcheck(torch.ops.spikekd.lif_multistep.default, (x.detach(), *args, False, backend))
     _, h_seq = torch.ops.spikekd.lif_multistep(x.detach(), *args, True, backend)
     grad = torch.randn(3, 2, 5, device=DEVICE)
     for sum_over_t in (False, True):
-        _opcheck(torch.ops.spikekd.lif_multistep_backward.default, (grad, h_seq, *args, sum_over_t, backend), backend)
+        torch.library.opcheck(
+            torch.ops.spikekd.lif_multistep_backward.default, (grad, h_seq, *args, sum_over_t, backend)
+        )
     expanded = x.detach()[:1].expand(3, 2, 5).requires_grad_()
-    _opcheck(torch.ops.spikekd.lif_multistep.default, (expanded, *args, True, backend), backend)
-    _opcheck(torch.ops.spikekd.lif_rate.default, (x.detach(), *args, backend), backend)
-    _opcheck(torch.ops.spikekd.lif_rate_.default, (x.detach().clone(), *args, backend), backend)
+    torch.library.opcheck(torch.ops.spikekd.lif_multistep.default, (expanded, *args, True, backend))
+    torch.library.opcheck(torch.ops.spikekd.lif_rate.default, (x.detach(), *args, backend))
+    torch.library.opcheck(torch.ops.spikekd.lif_rate_.default, (x.detach().clone(), *args, backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_rate_and_encode_ops(backend):
     current = torch.randn(4, 6, device=DEVICE, requires_grad=True)
     rate, elig = torch.rand(4, 6, device=DEVICE), torch.rand(4, 6, device=DEVICE)
-    _opcheck(torch.ops.spikekd.rate_ste.default, (current, rate, elig, backend), backend)
+    torch.library.opcheck(torch.ops.spikekd.rate_ste.default, (current, rate, elig, backend))
     grad = torch.randn(4, 6, device=DEVICE)
-    _opcheck(torch.ops.spikekd.rate_ste_backward.default, (grad, elig, torch.float32, backend), backend)
+    torch.library.opcheck(torch.ops.spikekd.rate_ste_backward.default, (grad, elig, torch.float32, backend))
     s = torch.randn(5, 4, 3, device=DEVICE, requires_grad=True)
-    _opcheck(torch.ops.spikekd.rate_reduce.default, (s, backend), backend)
-    _opcheck(torch.ops.spikekd.poisson_encode.default, (torch.rand(3, 7, device=DEVICE), 4, 11, backend), backend)
+    torch.library.opcheck(torch.ops.spikekd.rate_reduce.default, (s, backend))
+    torch.library.opcheck(torch.ops.spikekd.poisson_encode.default, (torch.rand(3, 7, device=DEVICE), 4, 11, backend))
 
 
-def test_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph_matches_eager(backend):
     def step(x, weight):
-        spikes = lif_multistep(x * weight, surrogate="atan", v_reset=0.0)
-        s_rate, rate, elig = lif_rate(x * weight)
+        spikes = lif_multistep(x * weight, surrogate="atan", v_reset=0.0, backend=backend)
+        s_rate, rate, elig = lif_rate(x * weight, backend=backend)
         current = (x * weight).mean(0)
-        return spikes.sum() + rate_ste(current, rate, elig).sum() + rate_reduce(s_rate).sum()
+        reduced = rate_reduce(s_rate, backend=backend)
+        return spikes.sum() + rate_ste(current, rate, elig, backend=backend).sum() + reduced.sum()
 
     x = _current((4, 3, 8))
     weight = torch.tensor(1.3, device=DEVICE, requires_grad=True)
@@ -74,6 +73,13 @@ def test_compile_fullgraph_matches_eager():
     (grad_compiled,) = torch.autograd.grad(compiled, weight)
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(grad_compiled, grad_eager, rtol=1e-5, atol=1e-5)
+
+
+def test_import_does_not_load_inductor():
+    """The ops register without torch._inductor (a second of import time); only torch.compile brings it in."""
+    code = "import sys, kernels, models, distill.run; print(sorted(m for m in sys.modules if 'inductor' in m))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "torch._inductor" not in done.stdout, done.stdout
 
 
 # --- saved state ------------------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ the teacher's weights: ANN-to-SNN conversion and fine-tuning), ``kd``, ``ckd`` a
 Writes, under ``--out`` (default ``bench/results/accuracy/<dataset>``): ``results.json`` (the grid's settings, the
 teacher and one record per run: method, init, recipe, train mode, seed, budget, accuracy per epoch and final, firing
 rate, time, command), ``report.md`` (mean +- sd per method, and the difference to ``direct`` with its sd, paired by
-seed) and ``accuracy.png`` (test accuracy per epoch per method, mean over seeds; needs matplotlib). The run folders
-go to ``--runs`` (default ``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut
-short resumes from its checkpoint, so the same command continues an interrupted grid.
+seed; then each target of the benchmark, met or missed by how many points) and ``accuracy.png`` (test accuracy per
+epoch per method, mean over seeds; needs matplotlib). The run folders go to ``--runs`` (default
+``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut short resumes from its
+checkpoint, so the same command continues an interrupted grid.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ROWS = {
 }
 assert {method for method, _ in ROWS.values()} == set(METHODS)
 DEFAULT_RECIPE = "default"
+VARIANTS = "variants.md"  # a hand-written account of other settings tried, beside the report when there is one
 QUICK = dict(
     dataset="digits",
     methods="direct,convert,kd,ckd,blockwise",
@@ -235,6 +237,43 @@ def summary(records: list[dict]) -> list[dict]:
     return sorted(lines, key=lambda s: (s["train"], s["recipe"], order[s["method"]]))
 
 
+def targets(lines: list[dict], teacher_accuracy: float) -> list[dict]:
+    """The benchmark's targets, judged on the default recipe's rows of each train mode (``summary`` lines): each a
+    dict of target, train mode, what was measured, and ``shortfall`` (points below the target; 0 when met). Targets
+    whose rows are missing are left out."""
+    rows = {(s["method"], s["train"]): s for s in lines if s["recipe"] == DEFAULT_RECIPE}
+    judged = []
+
+    def judge(target: str, train_mode: str, measured: str, shortfall: float) -> None:
+        judged.append(dict(target=target, train=train_mode, measured=measured, shortfall=max(0.0, shortfall)))
+
+    for train_mode in sorted({train_mode for _, train_mode in rows}):
+        blockwise, ckd = rows.get(("blockwise", train_mode)), rows.get(("ckd", train_mode))
+        if blockwise and blockwise["vs_kd"]:
+            mean, sd = blockwise["vs_kd"]
+            # at least 2 points and at least its sd: short by whichever bound is further
+            judge("blockwise >= kd + 2 points, and >= its sd", train_mode, _difference(blockwise["vs_kd"]),
+                  max(2.0 - mean, sd - mean))  # fmt: skip
+        if blockwise and blockwise["vs_direct"]:
+            mean, _ = blockwise["vs_direct"]
+            judge("blockwise >= direct + 6 points", train_mode, _difference(blockwise["vs_direct"]), 6.0 - mean)
+        if blockwise and math.isfinite(teacher_accuracy):
+            gap = 100 * teacher_accuracy - blockwise["accuracy"][0]
+            judge("blockwise within 3 points of the teacher", train_mode, f"{gap:.2f} points below", gap - 3.0)
+        if ckd and ckd["vs_kd"]:
+            mean, _ = ckd["vs_kd"]
+            judge("ckd >= kd", train_mode, _difference(ckd["vs_kd"]), -mean)
+    return judged
+
+
+def _targets_table(judged: list[dict]) -> list[str]:
+    lines = ["| target | train | measured (mean +- sd over seeds) | status |", "|---|---|---|---|"]
+    for t in judged:
+        status = "met" if t["shortfall"] == 0 else f"missed by {t['shortfall']:.2f} points"
+        lines.append(f"| {t['target']} | {t['train']} | {t['measured']} | {status} |")
+    return lines
+
+
 def write_report(path: Path, results: dict) -> None:
     settings, teacher = results["settings"], results.get("teacher", {})
     budget = settings["budget"]
@@ -265,6 +304,14 @@ def write_report(path: Path, results: dict) -> None:
         "row's run with the same seed (same training subset and sample order). Each run's command is in results.json.",
         "",
     ]
+    judged = targets(summary(results["records"]), teacher.get("accuracy", math.nan))
+    if judged:
+        lines += ["## Targets", "", *_targets_table(judged), ""]
+    if (path.parent / VARIANTS).exists():
+        lines += [
+            f"Variants of the defaults tried against these targets, and what they gave: [{VARIANTS}]({VARIANTS}).",
+            "",
+        ]
     path.write_text("\n".join(lines))
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bench.accuracy import main, mean_sd, summary
+from bench.accuracy import main, mean_sd, summary, targets
 
 
 def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys):
@@ -62,3 +62,26 @@ def test_summary_pairs_the_difference_to_direct_by_seed():
     assert lines["kd"]["vs_direct"] == pytest.approx((2.5, mean_sd([2.0, 3.0])[1]))
     assert lines["direct"]["vs_direct"] is None and lines["kd"]["vs_kd"] is None
     assert lines["direct"]["vs_kd"] == pytest.approx((-2.5, mean_sd([2.0, 3.0])[1]))
+
+
+def test_targets_are_judged_on_the_default_recipe_with_their_shortfall():
+    def record(method, seed, accuracy, recipe="default"):
+        return dict(method=method, train="rate", recipe=recipe, seed=seed, accuracy=accuracy, firing_rate=0.1,
+                    train_time_s=1.0)  # fmt: skip
+
+    records = [record("direct", 0, 0.70), record("direct", 1, 0.72), record("kd", 0, 0.76), record("kd", 1, 0.78)]
+    records += [record("blockwise", 0, 0.79), record("blockwise", 1, 0.79), record("ckd", 0, 0.77)]
+    records += [record("ckd", 1, 0.79), record("kd", 0, 0.10, "ratebp"), record("blockwise", 0, 0.99, "ratebp")]
+    judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90)}
+    assert {t["train"] for t in judged.values()} == {"rate"}
+    # blockwise - kd: +3 and +1 -> 2.0 +- 1.41: the 2 points are met, and more than the sd
+    assert judged["blockwise >= kd + 2 points, and >= its sd"]["shortfall"] == pytest.approx(0.0, abs=1e-9)
+    # blockwise - direct: +9 and +7 -> 8.0: met
+    assert judged["blockwise >= direct + 6 points"]["shortfall"] == 0.0
+    # 90 - 79 = 11 points below the teacher: 8 short of 3
+    assert judged["blockwise within 3 points of the teacher"]["shortfall"] == pytest.approx(8.0)
+    # ckd - kd: +1 and +1: met
+    assert judged["ckd >= kd"]["shortfall"] == 0.0
+    records[4] = record("blockwise", 0, 0.77)  # blockwise - kd: +1 and +1 -> 1.0 +- 0: short by 1
+    judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90)}
+    assert judged["blockwise >= kd + 2 points, and >= its sd"]["shortfall"] == pytest.approx(1.0)

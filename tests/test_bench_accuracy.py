@@ -64,7 +64,7 @@ def test_summary_pairs_the_difference_to_direct_by_seed():
     assert lines["direct"]["vs_kd"] == pytest.approx((-2.5, mean_sd([2.0, 3.0])[1]))
 
 
-def test_targets_are_judged_on_the_default_recipe_with_their_shortfall():
+def test_targets_are_judged_per_train_mode_and_recipe_with_their_shortfall():
     def record(method, seed, accuracy, recipe="default"):
         return dict(method=method, train="rate", recipe=recipe, seed=seed, accuracy=accuracy, firing_rate=0.1,
                     train_time_s=1.0)  # fmt: skip
@@ -72,8 +72,10 @@ def test_targets_are_judged_on_the_default_recipe_with_their_shortfall():
     records = [record("direct", 0, 0.70), record("direct", 1, 0.72), record("kd", 0, 0.76), record("kd", 1, 0.78)]
     records += [record("blockwise", 0, 0.79), record("blockwise", 1, 0.79), record("ckd", 0, 0.77)]
     records += [record("ckd", 1, 0.79), record("kd", 0, 0.10, "ratebp"), record("blockwise", 0, 0.99, "ratebp")]
-    judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90)}
-    assert {t["train"] for t in judged.values()} == {"rate"}
+    judged = targets(summary(records), teacher_accuracy=0.90)
+    assert {(t["train"], t["recipe"]) for t in judged} == {("rate", "default"), ("rate", "ratebp")}
+    judged = {t["target"]: t for t in judged if t["recipe"] == "default"}
+    assert {t["seeds"] for t in judged.values()} == {"0,1"}
     # blockwise - kd: +3 and +1 -> 2.0 +- 1.41: the 2 points are met, and more than the sd
     assert judged["blockwise >= kd + 2 points, and >= its sd"]["shortfall"] == pytest.approx(0.0, abs=1e-9)
     # blockwise - direct: +9 and +7 -> 8.0: met
@@ -83,5 +85,5 @@ def test_targets_are_judged_on_the_default_recipe_with_their_shortfall():
     # ckd - kd: +1 and +1: met
     assert judged["ckd >= kd"]["shortfall"] == 0.0
     records[4] = record("blockwise", 0, 0.77)  # blockwise - kd: +1 and +1 -> 1.0 +- 0: short by 1
-    judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90)}
+    judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90) if t["recipe"] == "default"}
     assert judged["blockwise >= kd + 2 points, and >= its sd"]["shortfall"] == pytest.approx(1.0)

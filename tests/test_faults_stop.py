@@ -20,6 +20,7 @@ from distill.checkpoint import load_checkpoint, non_finite_tensors
 from distill.config import parse_config
 from distill.run import main
 from distill.trainer import NonFiniteLossError, train
+from tests.test_trainer import signal_after_student_step
 
 ROOT = Path(__file__).resolve().parent.parent
 # 256 training digits = 8 steps of 32 per epoch
@@ -206,19 +207,8 @@ def test_a_full_disk_while_logging_is_one_line_and_releases_the_folder(tmp_path,
     assert not (tmp_path / ".spikekd.lock").exists()
 
 
-# Runs distill.run and sends itself SIGINT right after logging student step 5 (mid-epoch, no checkpoint due).
-SELF_INTERRUPT = """
-import os, signal, sys
-import distill.trainer
-log = distill.trainer.Context.log
-def log_then_interrupt(self, record):
-    log(self, record)
-    if record.get("stage") == "student" and record.get("step") == 5 and "loss" in record:
-        os.kill(os.getpid(), signal.SIGINT)
-distill.trainer.Context.log = log_then_interrupt
-from distill.run import main
-main(sys.argv[1:])
-"""
+# SIGINT right after student step 5 (mid-epoch, no checkpoint due).
+SELF_INTERRUPT = signal_after_student_step("SIGINT", 5)
 
 
 @pytest.mark.slow
@@ -286,18 +276,7 @@ def test_a_kill_inside_a_checkpoint_write_keeps_the_previous_one(tmp_path):
 
 
 # Under torchrun: rank 0 alone sends itself SIGTERM right after logging student step 3.
-RANK0_TERMINATES = """
-import os, signal, sys
-import distill.trainer
-log = distill.trainer.Context.log
-def log_then_terminate(self, record):
-    log(self, record)
-    if record.get("stage") == "student" and record.get("step") == 3 and "loss" in record:
-        os.kill(os.getpid(), signal.SIGTERM)
-distill.trainer.Context.log = log_then_terminate
-from distill.run import main
-main(sys.argv[1:])
-"""
+RANK0_TERMINATES = signal_after_student_step("SIGTERM", 3, rank=0)
 
 
 @pytest.mark.slow

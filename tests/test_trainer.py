@@ -147,20 +147,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 # ----------------------------------------------------------------------------------------------- resume
 
 
-# Runs distill.run and SIGKILLs itself (no clean-up, no atexit) right after logging student step 7: mid-epoch
-# (8 steps an epoch), after the checkpoint of step 6, and at the same point however fast the machine is.
-SELF_KILL = """
+def signal_after_student_step(signal_name: str, step: int, rank: int | None = None) -> str:
+    """A script that runs distill.run on its arguments and sends itself `signal_name` right after logging the student's
+    step `step`, at the same point however fast the machine is. Under torchrun every rank logs the step: `rank` (the
+    RANK variable) limits the signal to one."""
+    ranks = "True" if rank is None else f"os.environ.get('RANK', '0') == '{rank}'"
+    return f"""
 import os, signal, sys
 import distill.trainer
 log = distill.trainer.Context.log
-def log_then_die(self, record):
+def log_then_signal(self, record):
     log(self, record)
-    if record.get("stage") == "student" and record.get("step") == 7 and "loss" in record:
-        os.kill(os.getpid(), signal.SIGKILL)
-distill.trainer.Context.log = log_then_die
+    if record.get("stage") == "student" and record.get("step") == {step} and "loss" in record and {ranks}:
+        os.kill(os.getpid(), signal.{signal_name})
+distill.trainer.Context.log = log_then_signal
 from distill.run import main
 main(sys.argv[1:])
 """
+
+
+# SIGKILL (no clean-up, no atexit) right after student step 7: mid-epoch (8 steps an epoch), after the checkpoint of
+# step 6.
+SELF_KILL = signal_after_student_step("SIGKILL", 7)
 
 
 @pytest.mark.slow

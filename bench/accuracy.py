@@ -6,7 +6,10 @@ seeds, every student with the same step budget and the same teacher, each row a 
     python -m bench.accuracy ... -- --grad-clip 0         # flags after -- go to every distill.run row
 
 Methods (rows): ``direct`` (cross-entropy, from scratch: the directly trained SNN), ``convert`` (cross-entropy from
-the teacher's weights: ANN-to-SNN conversion and fine-tuning), ``kd``, ``ckd`` and ``blockwise`` (from scratch).
+the teacher's weights: ANN-to-SNN conversion and fine-tuning), ``kd``, ``ckd`` and ``blockwise`` (from scratch), and
+``ann``: the teacher's architecture as an ANN, from scratch, trained on the students' budget (the same images, epochs
+and seed), one run per seed whatever the train modes. It is what the budget allows without spikes, so it tells the
+cost of spiking apart from the cost of the budget in a student's distance to the (longer trained) teacher.
 
 Writes, under ``--out`` (default ``bench/results/accuracy/<dataset>``): ``results.json`` (the grid's settings, the
 teacher and one record per run: method, init, recipe, train mode, seed, budget, accuracy per epoch and final, firing
@@ -43,11 +46,13 @@ ROWS = {
     "blockwise": ("blockwise", "scratch"),
 }
 assert {method for method, _ in ROWS.values()} == set(METHODS)
+ANN = "ann"  # the ANN row's method and train mode: the teacher's architecture trained on the students' budget
+LABELS = (*ROWS, ANN)
 DEFAULT_RECIPE = "default"
 VARIANTS = "variants.md"  # a hand-written account of other settings tried, beside the report when there is one
 QUICK = dict(
     dataset="digits",
-    methods="direct,convert,kd,ckd,blockwise",
+    methods=",".join(LABELS),
     train="rate",
     seeds="0,1",
     teacher_epochs=3,
@@ -62,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--dataset", default="fashion_mnist", help="distill.run --dataset (default: fashion_mnist)")
-    add("--methods", default=",".join(ROWS), help=f"comma-separated rows among {list(ROWS)} (default: all)")
+    add("--methods", default=",".join(LABELS), help=f"comma-separated rows among {list(LABELS)} (default: all)")
     add("--train", default="rate", help=f"comma-separated training modes among {list(TRAIN_MODES)} (default: rate)")
     add("--recipes", default=DEFAULT_RECIPE, help="comma-separated distill.run --recipe values (default: default)")
     add("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
@@ -92,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
     args.argv = argv
-    args.methods, args.train = _names(args.methods, ROWS, "--methods"), _names(args.train, TRAIN_MODES, "--train")
+    args.methods, args.train = _names(args.methods, LABELS, "--methods"), _names(args.train, TRAIN_MODES, "--train")
     args.recipes = _names(args.recipes, None, "--recipes")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -144,6 +149,10 @@ def ensure_teacher(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def row_argv(args: argparse.Namespace, teacher: Path, label: str, train_mode: str, recipe: str, seed: int) -> list:
+    if label == ANN:  # the teacher stage alone, on the students' images and epochs
+        argv = [*common_flags(args), "--epochs", "0", "--teacher-epochs", str(args.epochs), "--seed", str(seed)]
+        argv += ["--train-subset", str(args.train_subset)]
+        return [*argv, *(["--recipe", recipe] if recipe != DEFAULT_RECIPE else []), *args.extra]
     method, init = ROWS[label]
     argv = [*common_flags(args), "--teacher", str(teacher), "--method", method, "--init", init]
     argv += ["--train", train_mode, "--seed", str(seed), "--epochs", str(args.epochs)]
@@ -157,13 +166,26 @@ def row_key(label: str, train_mode: str, recipe: str, seed: int) -> str:
     return f"{label}-{train_mode}-{recipe}-s{seed}"
 
 
+def grid_rows(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
+    """(label, train mode, recipe, seed) of every run of the grid, seed by seed; the ANN row once per recipe and seed
+    (its train mode is ``ann``)."""
+    rows = []
+    for seed in args.seeds:
+        for train_mode in args.train:
+            for recipe in args.recipes:
+                rows += [(label, train_mode, recipe, seed) for label in args.methods if label != ANN]
+        rows += [(ANN, ANN, recipe, seed) for recipe in args.recipes if ANN in args.methods]
+    return rows
+
+
 def run_row(args, teacher: Path, label: str, train_mode: str, recipe: str, seed: int) -> dict:
     argv = row_argv(args, teacher, label, train_mode, recipe, seed)
     out = args.runs / row_key(label, train_mode, recipe, seed)
     started = time.perf_counter()
     results = run_job(argv, out)
-    history = results["student_history"]
-    method, init = ROWS[label]
+    ann = label == ANN  # its accuracy is the teacher stage's; no spikes, and no teacher of its own
+    history = results["teacher_history" if ann else "student_history"]
+    method, init = (ANN, "scratch") if ann else ROWS[label]
     return dict(
         method=label,
         loss=method,
@@ -172,11 +194,11 @@ def run_row(args, teacher: Path, label: str, train_mode: str, recipe: str, seed:
         train=train_mode,
         seed=seed,
         budget=dict(epochs=args.epochs, steps=history[-1]["step"] if history else 0, train_images=args.train_subset),
-        accuracy=results["student_acc"],
+        accuracy=results["teacher_acc" if ann else "student_acc"],
         accuracy_per_epoch=[h["test_acc"] for h in history],
-        teacher_accuracy=results["teacher_acc"],
-        firing_rate=results["firing_rate"],
-        train_time_s=round(results["student_time_s"], 1),
+        teacher_accuracy=None if ann else results["teacher_acc"],
+        firing_rate=None if ann else results["firing_rate"],
+        train_time_s=round(results["teacher_time_s" if ann else "student_time_s"], 1),
         wall_time_s=round(time.perf_counter() - started, 1),
         command="python -m distill.run " + shlex.join([*argv, "--out", str(out)]),
     )
@@ -229,12 +251,12 @@ def summary(records: list[dict]) -> list[dict]:
                 accuracy=accuracy,
                 vs_direct=paired_difference(by_seed, "direct", train_mode, recipe),
                 vs_kd=paired_difference(by_seed, "kd", train_mode, recipe),
-                firing_rate=statistics.fmean(r["firing_rate"] for r in by_seed.values()),
+                firing_rate=None if label == ANN else statistics.fmean(r["firing_rate"] for r in by_seed.values()),
                 train_time_s=statistics.fmean(r["train_time_s"] for r in by_seed.values()),
             )
         )
-    order = {name: i for i, name in enumerate(ROWS)}
-    return sorted(lines, key=lambda s: (s["train"], s["recipe"], order[s["method"]]))
+    order = {name: i for i, name in enumerate(LABELS)}
+    return sorted(lines, key=lambda s: (s["train"] != ANN, s["train"], s["recipe"], order[s["method"]]))
 
 
 def targets(lines: list[dict], teacher_accuracy: float) -> list[dict]:
@@ -248,6 +270,7 @@ def targets(lines: list[dict], teacher_accuracy: float) -> list[dict]:
         judged.append(dict(target=target, train=line["train"], recipe=line["recipe"], seeds=seeds, measured=measured,
                            shortfall=max(0.0, shortfall)))  # fmt: skip
 
+    ann = {line["recipe"]: line["accuracy"][0] for line in lines if line["method"] == ANN}
     for line in lines:
         if line["method"] == "ckd" and line["vs_kd"]:
             judge("ckd >= kd", line, _difference(line["vs_kd"]), -line["vs_kd"][0])
@@ -262,7 +285,11 @@ def targets(lines: list[dict], teacher_accuracy: float) -> list[dict]:
             judge("blockwise >= direct + 6 points", line, _difference(line["vs_direct"]), 6 - line["vs_direct"][0])
         if math.isfinite(teacher_accuracy):
             gap = 100 * teacher_accuracy - line["accuracy"][0]
-            judge("blockwise within 3 points of the teacher", line, f"{gap:.2f} points below", gap - 3)
+            measured = f"{gap:.2f} points below"
+            if line["recipe"] in ann:
+                ann_gap = 100 * teacher_accuracy - ann[line["recipe"]]
+                measured += f" (the ANN trained on the students' budget: {ann_gap:.2f} below)"
+            judge("blockwise within 3 points of the teacher", line, measured, gap - 3)
     return judged
 
 
@@ -298,11 +325,13 @@ def write_report(path: Path, results: dict) -> None:
         lines.append(
             f"| {s['method']} | {s['train']} | {s['recipe']} | {','.join(map(str, s['seeds']))} "
             f"| {s['accuracy'][0]:.2f} +- {s['accuracy'][1]:.2f} % | {vs_direct} | {vs_kd} "
-            f"| {100 * s['firing_rate']:.1f} % | {s['train_time_s']:.0f} s |"
+            f"| {_percent(s['firing_rate'])} | {s['train_time_s']:.0f} s |"
         )
     lines += [
         "",
-        "`convert` starts from the teacher's weights; every other row from scratch. Accuracy: mean +- sample "
+        "`convert` starts from the teacher's weights; every other row from scratch. `ann` is the teacher's "
+        "architecture as an ANN, trained on the students' budget: what the budget allows without spikes. Accuracy: "
+        "mean +- sample "
         "standard deviation over seeds; vs direct / vs kd: mean +- sd over seeds of the difference, in points, to that "
         "row's run with the same seed (same training subset and sample order). Each run's command is in results.json.",
         "",
@@ -322,6 +351,10 @@ def _difference(value: tuple[float, float] | None) -> str:
     return "-" if value is None else f"{value[0]:+.2f} +- {value[1]:.2f}"
 
 
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f} %"
+
+
 def write_plot(path: Path, results: dict) -> bool:
     """Test accuracy per epoch per method (mean over seeds), one panel per train mode, one colour per method (dotted
     for a recipe other than the default); False without matplotlib."""
@@ -333,18 +366,18 @@ def write_plot(path: Path, results: dict) -> bool:
     except ImportError:
         print("accuracy.png skipped: matplotlib is not installed (pip install -e '.[plot]')", file=sys.stderr)
         return False
-    modes = sorted({r["train"] for r in results["records"]})
+    modes = sorted({r["train"] for r in results["records"]} - {ANN}) or [ANN]
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
     for ax, train_mode in zip(axes[0], modes, strict=True):
         curves: dict[tuple[str, str], list[list[float]]] = {}
         for r in results["records"]:
-            if r["train"] == train_mode:
+            if r["train"] in (train_mode, ANN):  # the ANN row in every panel
                 curves.setdefault((r["method"], r["recipe"]), []).append(r["accuracy_per_epoch"])
         for (method, recipe), runs in curves.items():
             length = min(len(run) for run in runs)
             mean = [100 * statistics.fmean(run[e] for run in runs) for e in range(length)]
             name = method if recipe == DEFAULT_RECIPE else f"{method} ({recipe})"
-            style = dict(color=f"C{list(ROWS).index(method)}", linestyle="-" if recipe == DEFAULT_RECIPE else ":")
+            style = dict(color=f"C{LABELS.index(method)}", linestyle="-" if recipe == DEFAULT_RECIPE else ":")
             ax.plot(range(1, length + 1), mean, marker="o", label=f"{name} (n={len(runs)})", **style)
         teacher = results.get("teacher", {}).get("accuracy")
         if teacher is not None:
@@ -393,24 +426,19 @@ def main(argv: list[str] | None = None) -> dict:
     results = load_results(args.out / "results.json", settings)
     results["settings"]["command"] = settings["command"]  # the latest; each record keeps its own run's command
     done = {row_key(r["method"], r["train"], r["recipe"], r["seed"]) for r in results["records"]}
-    grid = [
-        (label, train_mode, recipe, seed)
-        for seed in args.seeds
-        for train_mode in args.train
-        for recipe in args.recipes
-        for label in args.methods
-    ]
+    grid = grid_rows(args)
     todo = [row for row in grid if row_key(*row) not in done]
     print(f"accuracy grid: {len(grid)} runs, {len(grid) - len(todo)} done, results in {args.out}", flush=True)
     for i, row in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {row_key(*row)} ...", flush=True)
         record = run_row(args, teacher, *row)
-        results["teacher"] = dict(accuracy=record["teacher_accuracy"], command=teacher_command)
+        if record["teacher_accuracy"] is not None:
+            results["teacher"] = dict(accuracy=record["teacher_accuracy"], command=teacher_command)
         results["records"].append(record)
         save(args.out, results)
         print(
             f"[{i}/{len(todo)}] {row_key(*row)}: {100 * record['accuracy']:.2f} % (teacher "
-            f"{100 * record['teacher_accuracy']:.2f} %), {record['wall_time_s']:.0f} s",
+            f"{_percent(results.get('teacher', {}).get('accuracy'))}), {record['wall_time_s']:.0f} s",
             flush=True,
         )
     if not todo and results["records"]:

@@ -13,10 +13,10 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
     argv = ["--quick", "--out", str(out), "--runs", str(runs)]
     main(argv)
     printed = capsys.readouterr().out
-    assert "[10/10] blockwise-rate-default-s1:" in printed
+    assert "[1/12] direct-rate-default-s0 ..." in printed and "[12/12] ann-ann-default-s1:" in printed
     results = json.loads((out / "results.json").read_text())
     records = results["records"]
-    assert sorted({r["method"] for r in records}) == ["blockwise", "ckd", "convert", "direct", "kd"]
+    assert sorted({r["method"] for r in records}) == ["ann", "blockwise", "ckd", "convert", "direct", "kd"]
     assert sorted({r["seed"] for r in records}) == [0, 1]
     for r in records:
         assert {
@@ -31,11 +31,18 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
             "command",
         } <= set(r)
         assert r["init"] == ("teacher" if r["method"] == "convert" else "scratch")
+        assert (r["train"] == "ann") == (r["method"] == "ann") == (r["firing_rate"] is None)
         assert r["budget"] == {"epochs": 2, "steps": 16, "train_images": 256}  # the same for every row
         assert len(r["accuracy_per_epoch"]) == 2 and r["accuracy_per_epoch"][-1] == r["accuracy"]
         assert r["command"].startswith("python -m distill.run ") and f"--seed {r['seed']}" in r["command"]
     report = (out / "report.md").read_text()
     assert "| convert | rate | default | 0,1 |" in report and "vs direct" in report
+    # the ANN row: the teacher stage alone, on the students' images and epochs, with its own seed; no firing rate
+    ann = next(r for r in records if r["method"] == "ann" and r["seed"] == 1)
+    assert "--epochs 0 --teacher-epochs 2 --seed 1 --train-subset 256" in ann["command"]
+    assert "--teacher " not in ann["command"] and ann["teacher_accuracy"] is None
+    assert "| ann | ann | default | 0,1 |" in report and "| - |" in report
+    assert "the ANN trained on the students' budget" in report
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "accuracy.png").stat().st_size > 0
     else:  # the plot extra is not installed: the tables are written all the same
@@ -43,7 +50,7 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
 
     # the same command again runs nothing; other settings in the same folder are refused
     main(argv)
-    assert "10 runs, 10 done" in capsys.readouterr().out
+    assert "12 runs, 12 done" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["records"] == records
     with pytest.raises(SystemExit, match="other settings"):
         main([*argv, "--epochs", "3"])
@@ -84,6 +91,14 @@ def test_targets_are_judged_per_train_mode_and_recipe_with_their_shortfall():
     assert judged["blockwise within 3 points of the teacher"]["shortfall"] == pytest.approx(8.0)
     # ckd - kd: +1 and +1: met
     assert judged["ckd >= kd"]["shortfall"] == 0.0
+    # with the ANN row of the same recipe, the distance to the teacher says what the budget allows without spikes
+    ann = [dict(record("direct", s, 0.85), method="ann", train="ann", firing_rate=None) for s in (0, 1)]
+    judged = {
+        t["target"]: t for t in targets(summary(records + ann), teacher_accuracy=0.90) if t["recipe"] == "default"
+    }
+    assert judged["blockwise within 3 points of the teacher"]["measured"] == (
+        "11.00 points below (the ANN trained on the students' budget: 5.00 below)"
+    )
     records[4] = record("blockwise", 0, 0.77)  # blockwise - kd: +1 and +1 -> 1.0 +- 0: short by 1
     judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90) if t["recipe"] == "default"}
     assert judged["blockwise >= kd + 2 points, and >= its sd"]["shortfall"] == pytest.approx(1.0)

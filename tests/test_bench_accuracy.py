@@ -91,6 +91,10 @@ def test_targets_are_judged_per_train_mode_and_recipe_with_their_shortfall():
     assert judged["blockwise within 3 points of the teacher"]["shortfall"] == pytest.approx(8.0)
     # ckd - kd: +1 and +1: met
     assert judged["ckd >= kd"]["shortfall"] == 0.0
+    # a difference to a baseline counts the seeds both rows have
+    judged = {t["target"]: t for t in targets(summary(records[1:]), teacher_accuracy=0.90) if t["recipe"] == "default"}
+    assert judged["blockwise >= direct + 6 points"]["seeds"] == "1"
+    assert judged["blockwise >= kd + 2 points, and >= its sd"]["seeds"] == "0,1"
     # with the ANN row of the same recipe, the distance to the teacher says what the budget allows without spikes
     ann = [dict(record("direct", s, 0.85), method="ann", train="ann", firing_rate=None) for s in (0, 1)]
     judged = {

@@ -150,13 +150,12 @@ def ensure_teacher(args: argparse.Namespace) -> tuple[Path, str]:
 
 def row_argv(args: argparse.Namespace, teacher: Path, label: str, train_mode: str, recipe: str, seed: int) -> list:
     if label == ANN:  # the teacher stage alone, on the students' images and epochs
-        argv = [*common_flags(args), "--epochs", "0", "--teacher-epochs", str(args.epochs), "--seed", str(seed)]
-        argv += ["--train-subset", str(args.train_subset)]
-        return [*argv, *(["--recipe", recipe] if recipe != DEFAULT_RECIPE else []), *args.extra]
-    method, init = ROWS[label]
-    argv = [*common_flags(args), "--teacher", str(teacher), "--method", method, "--init", init]
-    argv += ["--train", train_mode, "--seed", str(seed), "--epochs", str(args.epochs)]
-    argv += ["--train-subset", str(args.train_subset)]
+        stage = ["--epochs", "0", "--teacher-epochs", str(args.epochs), "--seed", str(seed)]
+    else:
+        method, init = ROWS[label]
+        stage = ["--teacher", str(teacher), "--method", method, "--init", init, "--train", train_mode]
+        stage += ["--seed", str(seed), "--epochs", str(args.epochs)]
+    argv = [*common_flags(args), *stage, "--train-subset", str(args.train_subset)]
     if recipe != DEFAULT_RECIPE:
         argv += ["--recipe", recipe]
     return [*argv, *args.extra]

@@ -148,7 +148,7 @@ run_stage aot "$AOT_CAP" env -u TRITON_INTERPRET "$PYTHON" -m kernels.aot --targ
 if [ "$DRY_RUN" = 1 ]; then
     run_stage tests 60 "$PYTHON" -m pytest "${CUDA_TESTS[@]}" -m cuda -q -rs -p no:cacheprovider --junitxml="$RESULTS/tests.xml"
 else
-    run_stage tests 110 "$PYTHON" -m pytest "${CUDA_TESTS[@]}" -k "not aot" -q -rs -p no:cacheprovider \
+    run_stage tests 150 "$PYTHON" -m pytest "${CUDA_TESTS[@]}" -k "not aot" -q -rs -p no:cacheprovider \
         --junitxml="$RESULTS/tests.xml"
     run_stage sweep 40 "$PYTHON" -m bench.launch_sweep --out "$RESULTS"
 fi

@@ -275,7 +275,7 @@ def check_memory(ctx: Context) -> None:
     teacher = build_model(cfg, "ann", ctx.train).to(device)
     stages = {"student": build_model(cfg, "snn", ctx.train).to(device)}
     if cfg.method == "blockwise":
-        stages["student"] = HybridNet(stages["student"], teacher, cfg.split_list, cfg.align)
+        stages["student"] = HybridNet(stages["student"], teacher, cfg.split_list, cfg.align).to(device)
     if not cfg.teacher:
         stages["teacher"] = build_model(cfg, "ann", ctx.train).to(device)
     for stage, module in stages.items():

@@ -272,13 +272,7 @@ def check_memory(ctx: Context) -> None:
     available = available_memory_bytes(device)
     if available is None:
         return
-    teacher = build_model(cfg, "ann", ctx.train).to(device)
-    stages = {"student": build_model(cfg, "snn", ctx.train).to(device)}
-    if cfg.method == "blockwise":
-        stages["student"] = HybridNet(stages["student"], teacher, cfg.split_list, cfg.align).to(device)
-    if not cfg.teacher:
-        stages["teacher"] = build_model(cfg, "ann", ctx.train).to(device)
-    for stage, module in stages.items():
+    for stage, module in memory_check_stages(ctx).items():
         state = 3 * sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
         per_sample = saved_for_backward_bytes(ctx, module, samples=2) / 2
         needed = state + per_sample * micro
@@ -293,6 +287,19 @@ def check_memory(ctx: Context) -> None:
                 f"each process on this machine), but {device} has {available / gib:.1f} GiB free; raise "
                 "--grad-accum, or lower --batch-size or --time-steps"
             )
+
+
+def memory_check_stages(ctx: Context) -> dict[str, nn.Module]:
+    """The module each stage trains, freshly built on ``ctx.device`` (block-wise's phi_k included): what
+    ``check_memory`` runs a forward pass of."""
+    cfg, device = ctx.cfg, ctx.device
+    student = build_model(cfg, "snn", ctx.train)
+    if cfg.method == "blockwise":
+        student = HybridNet(student, build_model(cfg, "ann", ctx.train), cfg.split_list, cfg.align)
+    stages = {"student": student.to(device)}
+    if not cfg.teacher:
+        stages["teacher"] = build_model(cfg, "ann", ctx.train).to(device)
+    return stages
 
 
 def saved_for_backward_bytes(ctx: Context, module: nn.Module, samples: int) -> int:

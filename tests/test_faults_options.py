@@ -118,6 +118,22 @@ def test_options_that_cannot_fit_in_memory_are_refused_before_any_work(tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("method", ["blockwise", "kd"])
+def test_the_memory_check_runs_every_stage_wholly_on_the_run_device(method):
+    """Each module the memory check runs is on the run's device, block-wise's phi_k included (on CUDA, a phi_k left
+    on the CPU failed the check before any training). The meta device stands in for a GPU."""
+    data = load_dataset("digits", "train")
+    cfg = Config(method=method, device="cpu")
+    ctx = distill.trainer.Context(cfg, torch.device("meta"), 0, 1, data, data, Path("unused"))
+    stages = distill.trainer.memory_check_stages(ctx)
+    assert set(stages) == {"student", "teacher"}
+    for stage, module in stages.items():
+        devices = {t.device.type for t in [*module.parameters(), *module.buffers()]}
+        assert devices == {"meta"}, (stage, devices)
+    if method == "blockwise":
+        assert len(stages["student"].align) > 0
+
+
 @pytest.mark.parametrize("train_mode", ["bptt", "rate"])
 def test_the_memory_estimate_grows_in_proportion_to_the_batch_and_time_steps(train_mode):
     """What a forward pass keeps for backward, the estimate's basis, is linear in the samples (so 2 samples predict

@@ -4,6 +4,7 @@ seeds, every student with the same step budget and the same teacher, each row a 
     python -m bench.accuracy --quick                      # digits, tiny budget: the whole pipeline in about a minute
     python -m bench.accuracy --dataset fashion_mnist --seeds 0,1,2 --epochs 5 --train-subset 10000 --threads 1
     python -m bench.accuracy ... -- --grad-clip 0         # flags after -- go to every distill.run row
+    python -m bench.accuracy ... --jobs 8                 # 8 runs at a time, each in its own process
 
 Methods (rows): ``direct`` (cross-entropy, from scratch: the directly trained SNN), ``convert`` (cross-entropy from
 the teacher's weights: ANN-to-SNN conversion and fine-tuning), ``kd``, ``ckd`` and ``blockwise`` (from scratch), and
@@ -17,7 +18,9 @@ rate, time, command), ``report.md`` (mean +- sd per method, and the difference t
 seed; then each target of the benchmark, met or missed by how many points) and ``accuracy.png`` (test accuracy per
 epoch per method, mean over seeds; needs matplotlib). The run folders go to ``--runs`` (default
 ``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut short resumes from its
-checkpoint, so the same command continues an interrupted grid.
+checkpoint, so the same command continues an interrupted grid. ``--jobs N`` runs N rows at a time, each in a
+process of its own (a machine with N free cores, or a GPU that one small run leaves idle); each record is saved as
+its run finishes, whatever the order, and a failed run stops the grid once the runs under way have finished.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--teacher", default="", help="the teacher's checkpoint (default: train one into RUNS/teacher)")
     add("--teacher-epochs", type=int, default=20, help="epochs of the teacher, on the full training set (default: 20)")
     add("--threads", type=int, default=1, help="torch CPU threads per run (default: 1)")
+    add("--jobs", type=int, default=1, help="runs at a time, each in its own process (default: 1, in this process)")
     add("--out", default="", help="results folder (default: bench/results/accuracy/<dataset>)")
     add("--runs", default="", help="run folders (default: runs/accuracy/<dataset>)")
     add(
@@ -105,6 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--seeds must be comma-separated ints, got {args.seeds!r}")
     if not args.seeds:
         parser.error("--seeds: give at least one seed")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1 (runs at a time), got {args.jobs}")
     args.out = Path(args.out or f"bench/results/accuracy/{args.dataset}")
     args.runs = Path(args.runs or f"runs/accuracy/{args.dataset}")
     return args
@@ -201,6 +210,43 @@ def run_row(args, teacher: Path, label: str, train_mode: str, recipe: str, seed:
         wall_time_s=round(time.perf_counter() - started, 1),
         command="python -m distill.run " + shlex.join([*argv, "--out", str(out)]),
     )
+
+
+def finished_rows(args, teacher: Path, todo: list[tuple]) -> Iterator[tuple[tuple, dict]]:
+    """(row, record) for each row of ``todo`` as its run finishes: one after another in this process, or ``--jobs``
+    at a time in spawned worker processes. After a failed run no new run starts; the runs under way finish and are
+    yielded, then the first error is raised. An interrupt cancels the runs not started (those under way get the
+    signal too, and stop at a checkpoint that the same command resumes)."""
+    if not todo:
+        return
+    if args.jobs == 1:
+        for i, row in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {row_key(*row)} ...", flush=True)
+            yield row, run_row(args, teacher, *row)
+        return
+    print(f"{min(args.jobs, len(todo))} runs at a time, each in its own process", flush=True)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with this one
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=context) as pool:
+        futures = {pool.submit(run_row, args, teacher, *row): row for row in todo}
+        failure = None
+        try:
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is None:
+                    yield futures[future], future.result()
+                elif failure is None:
+                    failure = error
+                    print(f"{row_key(*futures[future])} failed: {error}; no new run starts", flush=True)
+                    for other in futures:
+                        other.cancel()
+        except BaseException:
+            for other in futures:
+                other.cancel()
+            raise
+    if failure is not None:
+        raise failure
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -430,9 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
     grid = grid_rows(args)
     todo = [row for row in grid if row_key(*row) not in done]
     print(f"accuracy grid: {len(grid)} runs, {len(grid) - len(todo)} done, results in {args.out}", flush=True)
-    for i, row in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {row_key(*row)} ...", flush=True)
-        record = run_row(args, teacher, *row)
+    for i, (row, record) in enumerate(finished_rows(args, teacher, todo), 1):
         if record["teacher_accuracy"] is not None:
             results["teacher"] = dict(accuracy=record["teacher_accuracy"], command=teacher_command)
         results["records"].append(record)

@@ -58,6 +58,45 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
     assert main(["--report-only", "--out", str(out)])["records"] == records and (out / "report.md").exists()
 
 
+def test_jobs_run_rows_in_worker_processes_with_the_same_records(tmp_path, capsys):
+    """--jobs 2: the rows run two at a time in spawned processes, each record saved as its run finishes, with the
+    accuracies of the same rows run one after another in this process."""
+    grid = ["--quick", "--methods", "direct,kd,ann", "--seeds", "0"]
+    sequential = main([*grid, "--out", str(tmp_path / "one"), "--runs", str(tmp_path / "one-runs")])
+    teacher = str(tmp_path / "one-runs" / "teacher" / "teacher.pt")
+    argv = [*grid, "--teacher", teacher, "--jobs", "2", "--out", str(tmp_path / "two"), "--runs", str(tmp_path / "two")]
+    parallel = main(argv)
+    printed = capsys.readouterr().out
+    assert "2 runs at a time, each in its own process" in printed and "[3/3] " in printed
+
+    def accuracy(results):
+        return {(r["method"], r["seed"]): (r["accuracy"], r["accuracy_per_epoch"]) for r in results["records"]}
+
+    assert accuracy(parallel) == accuracy(sequential) and len(accuracy(parallel)) == 3
+    saved = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert accuracy(saved) == accuracy(parallel)
+    main(argv)
+    assert "3 runs, 3 done" in capsys.readouterr().out
+
+
+def test_with_jobs_a_failed_run_keeps_the_records_of_the_runs_under_way(tmp_path, capsys):
+    """A row that fails (an unknown recipe, refused by distill.run) stops the grid with its error, after the run
+    beside it has finished and been saved."""
+    out = tmp_path / "out"
+    argv = ["--quick", "--methods", "direct", "--seeds", "0", "--recipes", "default,no_such_recipe", "--jobs", "2"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(out), "--runs", str(tmp_path / "runs")])
+    assert "direct-rate-no_such_recipe-s0 failed" in capsys.readouterr().out
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert [(r["method"], r["recipe"]) for r in records] == [("direct", "default")]
+
+
+def test_jobs_must_be_at_least_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--jobs", "0"])
+    assert "--jobs must be at least 1 (runs at a time), got 0" in capsys.readouterr().err
+
+
 def test_summary_pairs_the_difference_to_direct_by_seed():
     def record(method, seed, accuracy):
         return dict(method=method, train="rate", recipe="default", seed=seed, accuracy=accuracy, firing_rate=0.1,

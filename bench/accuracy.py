@@ -20,7 +20,8 @@ epoch per method, mean over seeds; needs matplotlib). The run folders go to ``--
 ``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut short resumes from its
 checkpoint, so the same command continues an interrupted grid. ``--jobs N`` runs N rows at a time, each in a
 process of its own (a machine with N free cores, or a GPU that one small run leaves idle); each record is saved as
-its run finishes, whatever the order, and a failed run stops the grid once the runs under way have finished.
+its run finishes, whatever the order; a failed run stops the grid once the runs under way have finished, and an
+interrupt stops every run at a checkpoint.
 """
 
 from __future__ import annotations
@@ -28,19 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
 from bench.config import device_name
 from distill.config import METHODS, TRAIN_MODES, parse_config
+from distill.signals import Interrupted
 from distill.trainer import train
 
 # a table row -> (distill.run --method, --init)
@@ -137,11 +139,15 @@ def common_flags(args: argparse.Namespace) -> list[str]:
     return [*flags, "--val-fraction", "0", "--threads", str(args.threads), "--progress", "off"]
 
 
+def job_argv(argv: list[str], out: Path) -> list[str]:
+    """distill.run's arguments for a job into ``out``: a job cut short continues from its checkpoint."""
+    resume = (out / "checkpoint.pt").exists() and not (out / "results.json").exists()
+    return [*argv, "--out", str(out), *(["--resume"] if resume else [])]
+
+
 def run_job(argv: list[str], out: Path) -> dict:
-    """One distill.run job in this process; a job cut short continues from its checkpoint."""
-    if (out / "checkpoint.pt").exists() and not (out / "results.json").exists():
-        argv = [*argv, "--resume"]
-    return train(parse_config([*argv, "--out", str(out)]))
+    """One distill.run job in this process."""
+    return train(parse_config(job_argv(argv, out)))
 
 
 def ensure_teacher(args: argparse.Namespace) -> tuple[Path, str]:
@@ -186,11 +192,14 @@ def grid_rows(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     return rows
 
 
-def run_row(args, teacher: Path, label: str, train_mode: str, recipe: str, seed: int) -> dict:
-    argv = row_argv(args, teacher, label, train_mode, recipe, seed)
-    out = args.runs / row_key(label, train_mode, recipe, seed)
-    started = time.perf_counter()
-    results = run_job(argv, out)
+def row_job(args, teacher: Path, row: tuple) -> tuple[list[str], Path]:
+    """The row's distill.run arguments (without ``--out``) and its run folder."""
+    return row_argv(args, teacher, *row), args.runs / row_key(*row)
+
+
+def row_record(args, row: tuple, argv: list[str], out: Path, results: dict, wall_time_s: float) -> dict:
+    """The grid's record of a finished row, from its run's results (``results.json``)."""
+    label, train_mode, recipe, seed = row
     ann = label == ANN  # its accuracy is the teacher stage's; no spikes, and no teacher of its own
     history = results["teacher_history" if ann else "student_history"]
     method, init = (ANN, "scratch") if ann else ROWS[label]
@@ -207,46 +216,83 @@ def run_row(args, teacher: Path, label: str, train_mode: str, recipe: str, seed:
         teacher_accuracy=None if ann else results["teacher_acc"],
         firing_rate=None if ann else results["firing_rate"],
         train_time_s=round(results["teacher_time_s" if ann else "student_time_s"], 1),
-        wall_time_s=round(time.perf_counter() - started, 1),
+        wall_time_s=round(wall_time_s, 1),
         command="python -m distill.run " + shlex.join([*argv, "--out", str(out)]),
     )
 
 
 def finished_rows(args, teacher: Path, todo: list[tuple]) -> Iterator[tuple[tuple, dict]]:
-    """(row, record) for each row of ``todo`` as its run finishes: one after another in this process, or ``--jobs``
-    at a time in spawned worker processes. After a failed run no new run starts; the runs under way finish and are
-    yielded, then the first error is raised. An interrupt cancels the runs not started (those under way get the
-    signal too, and stop at a checkpoint that the same command resumes)."""
-    if not todo:
-        return
+    """(row, record) for each row of ``todo`` as its run finishes: one after another in this process, or with
+    ``--jobs`` N, N ``python -m distill.run`` processes at a time."""
     if args.jobs == 1:
         for i, row in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {row_key(*row)} ...", flush=True)
-            yield row, run_row(args, teacher, *row)
-        return
-    print(f"{min(args.jobs, len(todo))} runs at a time, each in its own process", flush=True)
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no state shared with this one
-    with ProcessPoolExecutor(max_workers=min(args.jobs, len(todo)), mp_context=context) as pool:
-        futures = {pool.submit(run_row, args, teacher, *row): row for row in todo}
-        failure = None
-        try:
-            for future in as_completed(futures):
-                if future.cancelled():
+            argv, out = row_job(args, teacher, row)
+            started = time.perf_counter()
+            results = run_job(argv, out)
+            yield row, row_record(args, row, argv, out, results, time.perf_counter() - started)
+    else:
+        yield from finished_processes(args, teacher, todo)
+
+
+def finished_processes(args, teacher: Path, todo: list[tuple]) -> Iterator[tuple[tuple, dict]]:
+    """``--jobs`` N: each row a ``python -m distill.run`` process, N at a time. After a failed run no new one starts;
+    those under way finish and are yielded, then the grid stops with the failure. On an interrupt (Ctrl-C, or SIGINT
+    or SIGTERM to this process) each run under way gets one SIGINT, writes a checkpoint at its current step and exits;
+    the same command resumes them. The runs have a session of their own, so only this process signals them."""
+    waiting, running, failed = list(todo), {}, []
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    print(f"{min(args.jobs, len(todo))} runs at a time, each a distill.run process", flush=True)
+    try:
+        while waiting or running:
+            while waiting and not failed and len(running) < args.jobs:
+                row = waiting.pop(0)
+                argv, out = row_job(args, teacher, row)
+                command = [sys.executable, "-m", "distill.run", *job_argv(argv, out)]
+                process = subprocess.Popen(command, start_new_session=True)
+                running[process] = (row, argv, out, time.perf_counter())
+                print(f"started {row_key(*row)}", flush=True)
+            if not running:
+                break
+            time.sleep(0.2)
+            for process in [p for p in running if p.poll() is not None]:
+                row, argv, out, started = running.pop(process)
+                if process.returncode != 0:
+                    failed.append(f"{row_key(*row)} (exit {process.returncode}; its messages are above)")
+                    print(
+                        f"{row_key(*row)} failed with exit status {process.returncode}; no new run starts", flush=True
+                    )
                     continue
-                error = future.exception()
-                if error is None:
-                    yield futures[future], future.result()
-                elif failure is None:
-                    failure = error
-                    print(f"{row_key(*futures[future])} failed: {error}; no new run starts", flush=True)
-                    for other in futures:
-                        other.cancel()
-        except BaseException:
-            for other in futures:
-                other.cancel()
-            raise
-    if failure is not None:
-        raise failure
+                results = json.loads((out / "results.json").read_text())
+                yield row, row_record(args, row, argv, out, results, time.perf_counter() - started)
+    except BaseException:
+        stop_runs(list(running))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failed:
+        raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; {len(waiting)} not started")
+
+
+def stop_runs(processes: list[subprocess.Popen]) -> None:
+    """Sends each run still going one SIGINT and waits while they write their checkpoints; further signals to this
+    process meanwhile (``timeout`` signals both the process and its group) are ignored."""
+    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        going = [process for process in processes if process.poll() is None]
+        if going:
+            print(f"stopping {len(going)} run(s) at a checkpoint; the same command resumes them", flush=True)
+        for process in going:
+            process.send_signal(signal.SIGINT)
+        for process in going:
+            process.wait()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: stopping the runs at a checkpoint")
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -476,6 +522,23 @@ def main(argv: list[str] | None = None) -> dict:
     grid = grid_rows(args)
     todo = [row for row in grid if row_key(*row) not in done]
     print(f"accuracy grid: {len(grid)} runs, {len(grid) - len(todo)} done, results in {args.out}", flush=True)
+    try:
+        run_grid(args, teacher, teacher_command, results, todo)
+    except (KeyboardInterrupt, Interrupted) as stop:
+        print(
+            f"bench.accuracy: stopped ({stop or 'interrupted'}); the finished rows are in "
+            f"{args.out / 'results.json'}, and the same command continues the grid",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(130) from None
+    if not todo and results["records"]:
+        save(args.out, results)
+    return results
+
+
+def run_grid(args, teacher: Path, teacher_command: str, results: dict, todo: list[tuple]) -> None:
+    """Runs the rows of ``todo``, adding each record to ``results`` and saving them as each run finishes."""
     for i, (row, record) in enumerate(finished_rows(args, teacher, todo), 1):
         if record["teacher_accuracy"] is not None:
             results["teacher"] = dict(accuracy=record["teacher_accuracy"], command=teacher_command)
@@ -486,9 +549,6 @@ def main(argv: list[str] | None = None) -> dict:
             f"{_percent(results.get('teacher', {}).get('accuracy'))}), {record['wall_time_s']:.0f} s",
             flush=True,
         )
-    if not todo and results["records"]:
-        save(args.out, results)
-    return results
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 import importlib.util
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -59,7 +63,7 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
 
 
 def test_jobs_run_rows_in_worker_processes_with_the_same_records(tmp_path, capsys):
-    """--jobs 2: the rows run two at a time in spawned processes, each record saved as its run finishes, with the
+    """--jobs 2: the rows run two at a time as distill.run processes, each record saved as its run finishes, with the
     accuracies of the same rows run one after another in this process."""
     grid = ["--quick", "--methods", "direct,kd,ann", "--seeds", "0"]
     sequential = main([*grid, "--out", str(tmp_path / "one"), "--runs", str(tmp_path / "one-runs")])
@@ -67,7 +71,7 @@ def test_jobs_run_rows_in_worker_processes_with_the_same_records(tmp_path, capsy
     argv = [*grid, "--teacher", teacher, "--jobs", "2", "--out", str(tmp_path / "two"), "--runs", str(tmp_path / "two")]
     parallel = main(argv)
     printed = capsys.readouterr().out
-    assert "2 runs at a time, each in its own process" in printed and "[3/3] " in printed
+    assert "2 runs at a time, each a distill.run process" in printed and "[3/3] " in printed
 
     def accuracy(results):
         return {(r["method"], r["seed"]): (r["accuracy"], r["accuracy_per_epoch"]) for r in results["records"]}
@@ -86,9 +90,32 @@ def test_with_jobs_a_failed_run_keeps_the_records_of_the_runs_under_way(tmp_path
     argv = ["--quick", "--methods", "direct", "--seeds", "0", "--recipes", "default,no_such_recipe", "--jobs", "2"]
     with pytest.raises(SystemExit):
         main([*argv, "--out", str(out), "--runs", str(tmp_path / "runs")])
-    assert "direct-rate-no_such_recipe-s0 failed" in capsys.readouterr().out
+    assert "direct-rate-no_such_recipe-s0 failed with exit status 2" in capsys.readouterr().out
     records = json.loads((out / "results.json").read_text())["records"]
     assert [(r["method"], r["recipe"]) for r in records] == [("direct", "default")]
+
+
+def test_with_jobs_an_interrupt_stops_every_run_at_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    """SIGINT to the grid: each run under way gets one SIGINT, writes a checkpoint and exits; the grid exits with 130
+    and says how to continue; the same command then finishes every row."""
+    runs = tmp_path / "runs"
+    argv = ["--quick", "--methods", "direct,kd", "--seeds", "0", "--epochs", "40", "--jobs", "2"]
+    argv += ["--out", str(tmp_path / "out"), "--runs", str(runs)]
+    command = [sys.executable, "-m", "bench.accuracy", *argv]
+    grid = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folders = [runs / "direct-rate-default-s0", runs / "kd-rate-default-s0"]
+    deadline = time.monotonic() + 120
+    while not all((f / "metrics.jsonl").exists() for f in folders) and time.monotonic() < deadline:
+        time.sleep(0.2)  # both runs are training
+    time.sleep(1)
+    grid.send_signal(signal.SIGINT)
+    output, _ = grid.communicate(timeout=120)
+    assert grid.returncode == 130, output
+    assert output.count("checkpoint written") == 2 and "the same command continues the grid" in output
+    assert all((f / "checkpoint.pt").exists() and not (f / "results.json").exists() for f in folders)
+    results = main(argv)
+    assert sorted(r["method"] for r in results["records"]) == ["direct", "kd"]
+    assert all(r["budget"] == {"epochs": 40, "steps": 320, "train_images": 256} for r in results["records"])
 
 
 def test_jobs_must_be_at_least_one(capsys):

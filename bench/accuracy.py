@@ -224,6 +224,8 @@ def row_record(args, row: tuple, argv: list[str], out: Path, results: dict, wall
 def finished_rows(args, teacher: Path, todo: list[tuple]) -> Iterator[tuple[tuple, dict]]:
     """(row, record) for each row of ``todo`` as its run finishes: one after another in this process, or with
     ``--jobs`` N, N ``python -m distill.run`` processes at a time."""
+    if not todo:
+        return
     if args.jobs == 1:
         for i, row in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {row_key(*row)} ...", flush=True)

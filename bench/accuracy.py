@@ -527,16 +527,18 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         run_grid(args, teacher, teacher_command, results, todo)
     except (KeyboardInterrupt, Interrupted) as stop:
-        print(
-            f"bench.accuracy: stopped ({stop or 'interrupted'}); the finished rows are in "
-            f"{args.out / 'results.json'}, and the same command continues the grid",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"bench.accuracy: {stopped_message(str(stop), results, args.out)}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     if not todo and results["records"]:
         save(args.out, results)
     return results
+
+
+def stopped_message(reason: str, results: dict, out: Path) -> str:
+    """What an interrupted grid says: why it stopped, where its finished rows are (if any), how to go on."""
+    finished = len(results["records"])
+    where = f"{finished} finished row(s) are in {out / 'results.json'}" if finished else "no row had finished"
+    return f"stopped ({reason or 'interrupted'}); {where}; the same command continues the grid"
 
 
 def run_grid(args, teacher: Path, teacher_command: str, results: dict, todo: list[tuple]) -> None:

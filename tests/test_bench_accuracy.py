@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.accuracy import main, mean_sd, summary, targets
+from bench.accuracy import main, mean_sd, stopped_message, summary, targets
 
 
 def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys):
@@ -111,11 +111,21 @@ def test_with_jobs_an_interrupt_stops_every_run_at_a_checkpoint_and_the_same_com
     grid.send_signal(signal.SIGINT)
     output, _ = grid.communicate(timeout=120)
     assert grid.returncode == 130, output
-    assert output.count("checkpoint written") == 2 and "the same command continues the grid" in output
+    assert output.count("checkpoint written") == 2
+    assert "stopped (interrupted); no row had finished; the same command continues the grid" in output
     assert all((f / "checkpoint.pt").exists() and not (f / "results.json").exists() for f in folders)
     results = main(argv)
     assert sorted(r["method"] for r in results["records"]) == ["direct", "kd"]
     assert all(r["budget"] == {"epochs": 40, "steps": 320, "train_images": 256} for r in results["records"])
+
+
+def test_an_interrupted_grid_says_why_and_where_its_finished_rows_are(tmp_path):
+    results = dict(records=[dict(method="kd")])
+    message = stopped_message("SIGTERM: stopping the runs at a checkpoint", results, tmp_path)
+    assert message == (
+        f"stopped (SIGTERM: stopping the runs at a checkpoint); 1 finished row(s) are in {tmp_path / 'results.json'}; "
+        "the same command continues the grid"
+    )
 
 
 def test_jobs_must_be_at_least_one(capsys):

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", default="", help="results folder (default: bench/results/accuracy/<dataset>)")
     add("--runs", default="", help="run folders (default: runs/accuracy/<dataset>)")
     add(
+        "--machine",
+        default="",
+        help="the machine the report names (default: the one this runs on, as detected); with --report-only, for a "
+        "grid whose runs moved between machines",
+    )
+    add(
         "--report-only",
         action="store_true",
         help="rewrite report.md and accuracy.png from OUT/results.json; run nothing",
@@ -505,6 +511,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not path.exists():
             raise SystemExit(f"error: --report-only: no {path}; run the grid first")
         results = json.loads(path.read_text())
+        if args.machine:
+            results["settings"]["machine"] = args.machine
         save(args.out, results)
         return results
     teacher, teacher_command = ensure_teacher(args)
@@ -515,7 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher=str(teacher),
         extra=args.extra,
         threads=args.threads,
-        machine=device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        machine=args.machine or device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         command="python -m bench.accuracy " + shlex.join(args.argv),
     )
     results = load_results(args.out / "results.json", settings)

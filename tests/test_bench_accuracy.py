@@ -60,6 +60,11 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
         main([*argv, "--epochs", "3"])
     (out / "report.md").unlink()
     assert main(["--report-only", "--out", str(out)])["records"] == records and (out / "report.md").exists()
+    # continuing the grid on another machine is refused; a grid whose runs moved is described by --report-only
+    with pytest.raises(SystemExit, match=r"other settings \(\['machine'\]\)"):
+        main([*argv, "--machine", "a GPU, then this CPU"])
+    main(["--report-only", "--out", str(out), "--machine", "a GPU, then this CPU"])
+    assert "Machine: a GPU, then this CPU, 1 thread(s) per run." in (out / "report.md").read_text()
 
 
 def test_jobs_run_rows_in_worker_processes_with_the_same_records(tmp_path, capsys):

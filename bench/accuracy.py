@@ -14,14 +14,14 @@ cost of spiking apart from the cost of the budget in a student's distance to the
 
 Writes, under ``--out`` (default ``bench/results/accuracy/<dataset>``): ``results.json`` (the grid's settings, the
 teacher and one record per run: method, init, recipe, train mode, seed, budget, accuracy per epoch and final, firing
-rate, time, command), ``report.md`` (mean +- sd per method, and the difference to ``direct`` with its sd, paired by
-seed; then each target of the benchmark, met or missed by how many points) and ``accuracy.png`` (test accuracy per
-epoch per method, mean over seeds; needs matplotlib). The run folders go to ``--runs`` (default
-``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut short resumes from its
-checkpoint, so the same command continues an interrupted grid. ``--jobs N`` runs N rows at a time, each in a
-process of its own (a machine with N free cores, or a GPU that one small run leaves idle); each record is saved as
-its run finishes, whatever the order; a failed run stops the grid once the runs under way have finished, and an
-interrupt stops every run at a checkpoint.
+rate, time, the devices its epochs ran on, command), ``report.md`` (mean +- sd per method, and the difference to
+``direct`` with its sd, paired by seed; then each target of the benchmark, met or missed by how many points) and
+``accuracy.png`` (test accuracy per epoch per method, mean over seeds; needs matplotlib). The run folders go to
+``--runs`` (default ``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut short
+resumes from its checkpoint, so the same command continues an interrupted grid. ``--jobs N`` runs N rows at a time,
+each in a process of its own (a machine with N free cores, or a GPU that one small run leaves idle); each record is
+saved as its run finishes, whatever the order; a failed run stops the grid once the runs under way have finished, and
+an interrupt stops every run at a checkpoint.
 """
 
 from __future__ import annotations
@@ -221,6 +221,7 @@ def row_record(args, row: tuple, argv: list[str], out: Path, results: dict, wall
         accuracy_per_epoch=[h["test_acc"] for h in history],
         teacher_accuracy=None if ann else results["teacher_acc"],
         firing_rate=None if ann else results["firing_rate"],
+        devices=list(dict.fromkeys(h["device"] for h in history if "device" in h)),  # more than one: the run moved
         train_time_s=round(results["teacher_time_s" if ann else "student_time_s"], 1),
         wall_time_s=round(wall_time_s, 1),
         command="python -m distill.run " + shlex.join([*argv, "--out", str(out)]),

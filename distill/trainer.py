@@ -644,7 +644,8 @@ def fit(
             ctx.log({**record, **step_parts, "terms": terms_logged, "time": round(elapsed, 3)})
         end_of_epoch = step % per_epoch == 0 or step == total
         if end_of_epoch:
-            record = dict(epoch=epoch + 1, step=step, **tally.summary(ctx.world_size, ctx.device))
+            record = dict(epoch=epoch + 1, step=step, device=ctx.device.type)  # a resumed run may change device
+            record.update(tally.summary(ctx.world_size, ctx.device))
             if ctx.val is not None:
                 record["val_acc"] = evaluate("val")
             record["test_acc"] = evaluate("test")

@@ -39,6 +39,7 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
         assert r["budget"] == {"epochs": 2, "steps": 16, "train_images": 256}  # the same for every row
         assert len(r["accuracy_per_epoch"]) == 2 and r["accuracy_per_epoch"][-1] == r["accuracy"]
         assert r["command"].startswith("python -m distill.run ") and f"--seed {r['seed']}" in r["command"]
+        assert r["devices"] == ["cpu"]  # the device of every epoch, in order; two when a run resumed on another
     report = (out / "report.md").read_text()
     assert "| convert | rate | default | 0,1 |" in report and "vs direct" in report
     # the ANN row: the teacher stage alone, on the students' images and epochs, with its own seed; no firing rate

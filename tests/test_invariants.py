@@ -324,6 +324,8 @@ def test_every_epoch_is_evaluated(tmp_path):
     results = train(parse_config([*QUICK, "--teacher-epochs", "3", "--epochs", "2", "--out", str(tmp_path)]))
     assert [(h["epoch"], h["step"]) for h in results["teacher_history"]] == [(1, 8), (2, 16), (3, 24)]
     assert [(h["epoch"], h["step"]) for h in results["student_history"]] == [(1, 8), (2, 16)]
+    # each epoch names the device it ran on, so that a run resumed on another device says so
+    assert {h["device"] for h in results["teacher_history"] + results["student_history"]} == {"cpu"}
 
 
 def metrics(run) -> list[dict]:

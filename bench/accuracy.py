@@ -406,6 +406,13 @@ def _targets_table(judged: list[dict]) -> list[str]:
     return lines
 
 
+def moved_runs(records: list[dict]) -> str:
+    """A sentence naming the runs whose epochs ran on more than one device (resumed elsewhere), or nothing."""
+    moved = [f"{row_key(r['method'], r['train'], r['recipe'], r['seed'])} ({' then '.join(r['devices'])})"
+             for r in records if len(r.get("devices", [])) > 1]  # fmt: skip
+    return f" Runs resumed on another device: {', '.join(moved)}." if moved else ""
+
+
 def write_report(path: Path, results: dict) -> None:
     settings, teacher = results["settings"], results.get("teacher", {})
     budget = settings["budget"]
@@ -415,7 +422,7 @@ def write_report(path: Path, results: dict) -> None:
         f"Teacher (ANN): {100 * teacher.get('accuracy', math.nan):.2f} % ({teacher.get('command', '')}).",
         f"Student budget (every row): {budget['epochs']} epochs on {budget['train_images'] or 'all'} training "
         f"images, batch {budget['batch_size']}; test set: {settings['test_images'] or 'all'} images. "
-        f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.",
+        f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.{moved_runs(results['records'])}",
         f"The grid's last command (each run's own is in results.json): `{settings['command']}`",
         "",
         "| method | train | recipe | seeds | accuracy (mean +- sd) | vs direct (paired) | vs kd (paired) "

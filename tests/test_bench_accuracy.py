@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.accuracy import main, mean_sd, stopped_message, summary, targets
+from bench.accuracy import main, mean_sd, moved_runs, stopped_message, summary, targets
 
 
 def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys):
@@ -132,6 +132,16 @@ def test_an_interrupted_grid_says_why_and_where_its_finished_rows_are(tmp_path):
         f"stopped (SIGTERM: stopping the runs at a checkpoint); 1 finished row(s) are in {tmp_path / 'results.json'}; "
         "the same command continues the grid"
     )
+
+
+def test_the_report_names_the_runs_resumed_on_another_device():
+    def record(seed, devices):
+        return dict(method="kd", train="bptt", recipe="default", seed=seed, devices=devices)
+
+    older = dict(method="kd", train="bptt", recipe="default", seed=2)  # a record from before devices were kept
+    records = [record(0, ["cpu"]), record(1, ["cuda", "cpu"]), older]
+    assert moved_runs(records) == " Runs resumed on another device: kd-bptt-default-s1 (cuda then cpu)."
+    assert moved_runs(records[:1]) == ""
 
 
 def test_jobs_must_be_at_least_one(capsys):

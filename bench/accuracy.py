@@ -44,6 +44,7 @@ from bench.config import device_name
 from distill.config import METHODS, TRAIN_MODES, parse_config
 from distill.signals import Interrupted
 from distill.trainer import train
+from models.registry import list_models
 
 # a table row -> (distill.run --method, --init)
 ROWS = {
@@ -57,6 +58,7 @@ assert {method for method, _ in ROWS.values()} == set(METHODS)
 ANN = "ann"  # the ANN row's method and train mode: the teacher's architecture trained on the students' budget
 LABELS = (*ROWS, ANN)
 DEFAULT_RECIPE = "default"
+DEFAULT_ARCH = "tiny_resnet"  # also the architecture of every grid saved before --arch existed
 VARIANTS = "variants.md"  # a hand-written account of other settings tried, beside the report when there is one
 QUICK = dict(
     dataset="digits",
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--dataset", default="fashion_mnist", help="distill.run --dataset (default: fashion_mnist)")
+    add("--arch", default=DEFAULT_ARCH, help=f"teacher and student architecture (default: {DEFAULT_ARCH})")
     add("--methods", default=",".join(LABELS), help=f"comma-separated rows among {list(LABELS)} (default: all)")
     add("--train", default="rate", help=f"comma-separated training modes among {list(TRAIN_MODES)} (default: rate)")
     add("--recipes", default=DEFAULT_RECIPE, help="comma-separated distill.run --recipe values (default: default)")
@@ -114,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.argv = argv
     args.methods, args.train = _names(args.methods, LABELS, "--methods"), _names(args.train, TRAIN_MODES, "--train")
     args.recipes = _names(args.recipes, None, "--recipes")
+    if args.arch not in list_models():
+        parser.error(f"--arch must be one of {list_models()}, got {args.arch!r}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -141,7 +146,8 @@ def _names(text: str, accepted, flag: str) -> list[str]:
 def common_flags(args: argparse.Namespace) -> list[str]:
     """The distill.run flags every job of the grid shares (the teacher's job included). No validation split: the
     budget is every one of the ``--train-subset`` images (the teacher: the full training set), as in the saved grids."""
-    flags = ["--dataset", args.dataset, "--batch-size", str(args.batch_size), "--test-subset", str(args.test_subset)]
+    flags = ["--dataset", args.dataset, "--arch", args.arch, "--batch-size", str(args.batch_size)]
+    flags += ["--test-subset", str(args.test_subset)]
     return [*flags, "--val-fraction", "0", "--threads", str(args.threads), "--progress", "off"]
 
 
@@ -313,7 +319,8 @@ def load_results(path: Path, settings: dict) -> dict:
     if not path.exists():
         return dict(settings=settings, records=[])
     results = json.loads(path.read_text())
-    changed = sorted(k for k in settings if k != "command" and results["settings"].get(k) != settings[k])
+    saved = {"arch": DEFAULT_ARCH, **results["settings"]}
+    changed = sorted(k for k in settings if k != "command" and saved.get(k) != settings[k])
     if changed:
         raise SystemExit(
             f"error: {path} holds a grid run with other settings ({changed}); give another --out (and --runs) or "
@@ -419,6 +426,7 @@ def write_report(path: Path, results: dict) -> None:
     lines = [
         f"# Accuracy benchmark: {settings['dataset']}",
         "",
+        f"Architecture (teacher and students): {settings.get('arch', DEFAULT_ARCH)}.",
         f"Teacher (ANN): {100 * teacher.get('accuracy', math.nan):.2f} % ({teacher.get('command', '')}).",
         f"Student budget (every row): {budget['epochs']} epochs on {budget['train_images'] or 'all'} training "
         f"images, batch {budget['batch_size']}; test set: {settings['test_images'] or 'all'} images. "
@@ -526,6 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher, teacher_command = ensure_teacher(args)
     settings = dict(
         dataset=args.dataset,
+        arch=args.arch,
         budget=dict(epochs=args.epochs, train_images=args.train_subset, batch_size=args.batch_size),
         test_images=args.test_subset,
         teacher=str(teacher),

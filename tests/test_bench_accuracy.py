@@ -9,7 +9,18 @@ import time
 
 import pytest
 
-from bench.accuracy import main, mean_sd, moved_runs, stopped_message, summary, targets
+from bench.accuracy import (
+    common_flags,
+    load_results,
+    main,
+    mean_sd,
+    moved_runs,
+    parse_args,
+    row_argv,
+    stopped_message,
+    summary,
+    targets,
+)
 
 
 def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys):
@@ -142,6 +153,24 @@ def test_the_report_names_the_runs_resumed_on_another_device():
     records = [record(0, ["cpu"]), record(1, ["cuda", "cpu"]), older]
     assert moved_runs(records) == " Runs resumed on another device: kd-bptt-default-s1 (cuda then cpu)."
     assert moved_runs(records[:1]) == ""
+
+
+def test_the_architecture_goes_to_the_teacher_and_every_row_and_is_part_of_the_settings(tmp_path, capsys):
+    args = parse_args(["--arch", "resnet20", "--methods", "kd,ann"])
+    assert common_flags(args)[2:4] == ["--arch", "resnet20"]  # the teacher's job is built from these flags too
+    for label, mode in (("kd", "rate"), ("ann", "ann")):
+        argv = row_argv(args, tmp_path / "teacher.pt", label, mode, "default", 0)
+        assert argv[argv.index("--arch") + 1] == "resnet20"
+    # a grid saved before the option existed was a tiny_resnet grid: it continues under the default only
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(dict(settings=dict(dataset="digits"), records=[])))
+    assert load_results(path, dict(dataset="digits", arch="tiny_resnet"))["records"] == []
+    with pytest.raises(SystemExit, match=r"other settings \(\['arch'\]\)"):
+        load_results(path, dict(dataset="digits", arch="resnet20"))
+    with pytest.raises(SystemExit):
+        parse_args(["--arch", "resnet21"])
+    err = capsys.readouterr().err
+    assert "--arch must be one of [" in err and "'resnet20'" in err and "got 'resnet21'" in err
 
 
 def test_jobs_must_be_at_least_one(capsys):

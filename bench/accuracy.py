@@ -256,7 +256,8 @@ def finished_processes(args, teacher: Path, todo: list[tuple]) -> Iterator[tuple
     or SIGTERM to this process) each run under way gets one SIGINT, writes a checkpoint at its current step and exits;
     the same command resumes them. The runs have a session of their own, so only this process signals them."""
     waiting, running, failed = list(todo), {}, []
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGINT too: a grid started in the background by a shell inherits it ignored, and would not stop on it
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     print(f"{min(args.jobs, len(todo))} runs at a time, each a distill.run process", flush=True)
     try:
         while waiting or running:
@@ -284,7 +285,8 @@ def finished_processes(args, teacher: Path, todo: list[tuple]) -> Iterator[tuple
         stop_runs(list(running))
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if failed:
         raise SystemExit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; {len(waiting)} not started")
 

@@ -112,14 +112,21 @@ def test_with_jobs_a_failed_run_keeps_the_records_of_the_runs_under_way(tmp_path
     assert [(r["method"], r["recipe"]) for r in records] == [("direct", "default")]
 
 
-def test_with_jobs_an_interrupt_stops_every_run_at_a_checkpoint_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize("started_in_background", [False, True])
+def test_with_jobs_an_interrupt_stops_every_run_at_a_checkpoint_and_the_same_command_resumes(
+    tmp_path, started_in_background
+):
     """SIGINT to the grid: each run under way gets one SIGINT, writes a checkpoint and exits; the grid exits with 130
-    and says how to continue; the same command then finishes every row."""
+    and says how to continue; the same command then finishes every row. Also for a grid started in the background by
+    a shell (``... &``), which inherits SIGINT ignored."""
     runs = tmp_path / "runs"
     argv = ["--quick", "--methods", "direct,kd", "--seeds", "0", "--epochs", "40", "--jobs", "2"]
     argv += ["--out", str(tmp_path / "out"), "--runs", str(runs)]
     command = [sys.executable, "-m", "bench.accuracy", *argv]
-    grid = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if started_in_background else None
+    grid = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint
+    )
     folders = [runs / "direct-rate-default-s0", runs / "kd-rate-default-s0"]
     deadline = time.monotonic() + 120
     while not all((f / "metrics.jsonl").exists() for f in folders) and time.monotonic() < deadline:
@@ -129,7 +136,7 @@ def test_with_jobs_an_interrupt_stops_every_run_at_a_checkpoint_and_the_same_com
     output, _ = grid.communicate(timeout=120)
     assert grid.returncode == 130, output
     assert output.count("checkpoint written") == 2
-    assert "stopped (interrupted); no row had finished; the same command continues the grid" in output
+    assert "stopped (SIGINT: stopping the runs at a checkpoint); no row had finished; the same command" in output
     assert all((f / "checkpoint.pt").exists() and not (f / "results.json").exists() for f in folders)
     results = main(argv)
     assert sorted(r["method"] for r in results["records"]) == ["direct", "kd"]

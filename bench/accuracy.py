@@ -13,20 +13,21 @@ and seed), one run per seed whatever the train modes. It is what the budget allo
 cost of spiking apart from the cost of the budget in a student's distance to the (longer trained) teacher.
 
 Writes, under ``--out`` (default ``bench/results/accuracy/<dataset>``): ``results.json`` (the grid's settings, the
-teacher and one record per run: method, init, recipe, train mode, seed, budget, accuracy per epoch and final, firing
-rate, time, the devices its epochs ran on, command), ``report.md`` (mean +- sd per method, and the difference to
-``direct`` with its sd, paired by seed; then each target of the benchmark, met or missed by how many points) and
-``accuracy.png`` (test accuracy per epoch per method, mean over seeds; needs matplotlib). The run folders go to
-``--runs`` (default ``runs/accuracy/<dataset>``). Rows already in ``results.json`` are skipped and a row cut short
-resumes from its checkpoint, so the same command continues an interrupted grid. ``--jobs N`` runs N rows at a time,
-each in a process of its own (a machine with N free cores, or a GPU that one small run leaves idle); each record is
-saved as its run finishes, whatever the order; a failed run stops the grid once the runs under way have finished, and
-an interrupt stops every run at a checkpoint.
+teacher's checksum among them, the teacher and one record per run: method, init, recipe, train mode, seed, budget,
+accuracy per epoch and final, firing rate, time, the devices its epochs ran on, command), ``report.md`` (mean +- sd
+per method, and the difference to ``direct`` with its sd, paired by seed; then each target of the benchmark, met or
+missed by how many points) and ``accuracy.png`` (test accuracy per epoch per method, mean over seeds; needs
+matplotlib). The run folders go to ``--runs`` (default ``runs/accuracy/<dataset>``). Rows already in ``results.json``
+are skipped and a row cut short resumes from its checkpoint, so the same command continues an interrupted grid.
+``--jobs N`` runs N rows at a time, each in a process of its own (a machine with N free cores, or a GPU that one small
+run leaves idle); each record is saved as its run finishes, whatever the order; a failed run stops the grid once the
+runs under way have finished, and an interrupt stops every run at a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shlex
@@ -165,6 +166,8 @@ def run_job(argv: list[str], out: Path) -> dict:
 def ensure_teacher(args: argparse.Namespace) -> tuple[Path, str]:
     """The teacher's checkpoint (trained here unless ``--teacher``) and the command that made it."""
     if args.teacher:
+        if not Path(args.teacher).is_file():
+            raise SystemExit(f"error: --teacher must be a teacher checkpoint file, got {args.teacher!r} (no such file)")
         return Path(args.teacher), f"given: {args.teacher}"
     out = args.runs / "teacher"
     argv = [*common_flags(args), "--epochs", "0", "--teacher-epochs", str(args.teacher_epochs)]
@@ -173,6 +176,15 @@ def ensure_teacher(args: argparse.Namespace) -> tuple[Path, str]:
         print(f"teacher: {command}", flush=True)
         run_job(argv, out)
     return out / "teacher.pt", command
+
+
+def file_sha256(path: Path) -> str:
+    """The checksum of a file: a teacher retrained to the same path is another teacher, and its grid another grid."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def row_argv(args: argparse.Namespace, teacher: Path, label: str, train_mode: str, recipe: str, seed: int) -> list:
@@ -322,6 +334,8 @@ def load_results(path: Path, settings: dict) -> dict:
         return dict(settings=settings, records=[])
     results = json.loads(path.read_text())
     saved = {"arch": DEFAULT_ARCH, **results["settings"]}
+    if "teacher_sha256" not in saved:  # a grid saved before its teacher's checksum was kept: its path alone
+        results["settings"]["teacher_sha256"] = saved["teacher_sha256"] = settings.get("teacher_sha256")
     changed = sorted(k for k in settings if k != "command" and saved.get(k) != settings[k])
     if changed:
         raise SystemExit(
@@ -540,6 +554,7 @@ def main(argv: list[str] | None = None) -> dict:
         budget=dict(epochs=args.epochs, train_images=args.train_subset, batch_size=args.batch_size),
         test_images=args.test_subset,
         teacher=str(teacher),
+        teacher_sha256=file_sha256(teacher),
         extra=args.extra,
         threads=args.threads,
         machine=args.machine or device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),

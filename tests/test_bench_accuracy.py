@@ -11,6 +11,7 @@ import pytest
 
 from bench.accuracy import (
     common_flags,
+    file_sha256,
     load_results,
     main,
     mean_sd,
@@ -234,3 +235,24 @@ def test_targets_are_judged_per_train_mode_and_recipe_with_their_shortfall():
     records[4] = record("blockwise", 0, 0.77)  # blockwise - kd: +1 and +1 -> 1.0 +- 0: short by 1
     judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90) if t["recipe"] == "default"}
     assert judged["blockwise >= kd + 2 points, and >= its sd"]["shortfall"] == pytest.approx(1.0)
+
+
+def test_a_grid_continues_only_with_the_teacher_it_began_with(tmp_path, capsys):
+    """The teacher is known by its checksum, not its path: a teacher retrained to the same path starts another grid."""
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"the first teacher")
+    first = dict(dataset="digits", arch="tiny_resnet", teacher=str(teacher), teacher_sha256=file_sha256(teacher))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(dict(settings=first, records=[])))
+    assert load_results(path, first)["settings"] == first
+    teacher.write_bytes(b"a retrained teacher")
+    second = {**first, "teacher_sha256": file_sha256(teacher)}
+    assert second["teacher_sha256"] != first["teacher_sha256"]
+    with pytest.raises(SystemExit, match=r"other settings \(\['teacher_sha256'\]\)"):
+        load_results(path, second)
+    # a grid saved before the checksum was kept knew its teacher by path: it continues, and keeps the checksum
+    path.write_text(json.dumps(dict(settings={k: v for k, v in first.items() if k != "teacher_sha256"}, records=[])))
+    assert load_results(path, second)["settings"]["teacher_sha256"] == second["teacher_sha256"]
+    # a --teacher that is not there is named before anything runs
+    with pytest.raises(SystemExit, match="--teacher must be a teacher checkpoint file, got .*missing.pt.*no such file"):
+        main(["--quick", "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")])

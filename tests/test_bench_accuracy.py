@@ -21,6 +21,7 @@ from bench.accuracy import (
     stopped_message,
     summary,
     targets,
+    teacher_accuracy,
 )
 
 
@@ -203,12 +204,12 @@ def test_summary_pairs_the_difference_to_direct_by_seed():
 def test_targets_are_judged_per_train_mode_and_recipe_with_their_shortfall():
     def record(method, seed, accuracy, recipe="default"):
         return dict(method=method, train="rate", recipe=recipe, seed=seed, accuracy=accuracy, firing_rate=0.1,
-                    train_time_s=1.0)  # fmt: skip
+                    train_time_s=1.0, teacher_accuracy=0.90)  # fmt: skip
 
     records = [record("direct", 0, 0.70), record("direct", 1, 0.72), record("kd", 0, 0.76), record("kd", 1, 0.78)]
     records += [record("blockwise", 0, 0.79), record("blockwise", 1, 0.79), record("ckd", 0, 0.77)]
     records += [record("ckd", 1, 0.79), record("kd", 0, 0.10, "ratebp"), record("blockwise", 0, 0.99, "ratebp")]
-    judged = targets(summary(records), teacher_accuracy=0.90)
+    judged = targets(summary(records))
     assert {(t["train"], t["recipe"]) for t in judged} == {("rate", "default"), ("rate", "ratebp")}
     judged = {t["target"]: t for t in judged if t["recipe"] == "default"}
     assert {t["seeds"] for t in judged.values()} == {"0,1"}
@@ -221,20 +222,36 @@ def test_targets_are_judged_per_train_mode_and_recipe_with_their_shortfall():
     # ckd - kd: +1 and +1: met
     assert judged["ckd >= kd"]["shortfall"] == 0.0
     # a difference to a baseline counts the seeds both rows have
-    judged = {t["target"]: t for t in targets(summary(records[1:]), teacher_accuracy=0.90) if t["recipe"] == "default"}
+    judged = {t["target"]: t for t in targets(summary(records[1:])) if t["recipe"] == "default"}
     assert judged["blockwise >= direct + 6 points"]["seeds"] == "1"
     assert judged["blockwise >= kd + 2 points, and >= its sd"]["seeds"] == "0,1"
     # with the ANN row of the same recipe, the distance to the teacher says what the budget allows without spikes
-    ann = [dict(record("direct", s, 0.85), method="ann", train="ann", firing_rate=None) for s in (0, 1)]
-    judged = {
-        t["target"]: t for t in targets(summary(records + ann), teacher_accuracy=0.90) if t["recipe"] == "default"
-    }
+    ann = [dict(record("direct", s, 0.85), method="ann", train="ann", firing_rate=None, teacher_accuracy=None)
+           for s in (0, 1)]  # fmt: skip
+    judged = {t["target"]: t for t in targets(summary(records + ann)) if t["recipe"] == "default"}
     assert judged["blockwise within 3 points of the teacher"]["measured"] == (
         "11.00 points below (the ANN trained on the students' budget: 5.00 below)"
     )
     records[4] = record("blockwise", 0, 0.77)  # blockwise - kd: +1 and +1 -> 1.0 +- 0: short by 1
-    judged = {t["target"]: t for t in targets(summary(records), teacher_accuracy=0.90) if t["recipe"] == "default"}
+    judged = {t["target"]: t for t in targets(summary(records)) if t["recipe"] == "default"}
     assert judged["blockwise >= kd + 2 points, and >= its sd"]["shortfall"] == pytest.approx(1.0)
+
+
+def test_the_distance_to_the_teacher_is_measured_on_each_seeds_own_test_images():
+    """With --test-subset, each seed tests on a subset of its own: the teacher is compared on the same images."""
+
+    def record(method, seed, accuracy, teacher):
+        return dict(method=method, train="rate", recipe="default", seed=seed, accuracy=accuracy, firing_rate=0.1,
+                    train_time_s=1.0, teacher_accuracy=teacher)  # fmt: skip
+
+    records = [record("blockwise", 0, 0.79, 0.90), record("blockwise", 1, 0.79, 0.92)]
+    (line,) = summary(records)
+    assert line["teacher_accuracy"] == pytest.approx(91.0)
+    (judged,) = targets([line])
+    assert judged["measured"] == "12.00 points below" and judged["shortfall"] == pytest.approx(9.0)
+    each = "seed 0: 90.00 %, seed 1: 92.00 %"
+    assert teacher_accuracy(records, {}) == f"91.00 % (mean over the seeds' test subsets; {each})"
+    assert teacher_accuracy(records[:1], {}) == "90.00 %"
 
 
 def test_a_grid_continues_only_with_the_teacher_it_began_with(tmp_path, capsys):

@@ -444,7 +444,7 @@ def moved_runs(records: list[dict]) -> str:
     return f" Runs resumed on another device: {', '.join(moved)}." if moved else ""
 
 
-def teacher_accuracy(records: list[dict], teacher: dict) -> str:
+def teacher_accuracy_text(records: list[dict], teacher: dict) -> str:
     """The teacher's test accuracy: one figure, or, where each seed tests on a subset of its own, their mean and each
     seed's (a student is compared with the teacher on its own seed's images)."""
     by_seed = {r["seed"]: 100 * r["teacher_accuracy"] for r in records if r.get("teacher_accuracy") is not None}
@@ -461,7 +461,7 @@ def write_report(path: Path, results: dict) -> None:
         f"# Accuracy benchmark: {settings['dataset']}",
         "",
         f"Architecture (teacher and students): {settings.get('arch', DEFAULT_ARCH)}.",
-        f"Teacher (ANN): {teacher_accuracy(results['records'], teacher)} ({teacher.get('command', '')}).",
+        f"Teacher (ANN): {teacher_accuracy_text(results['records'], teacher)} ({teacher.get('command', '')}).",
         f"Student budget (every row): {budget['epochs']} epochs on {budget['train_images'] or 'all'} training "
         f"images, batch {budget['batch_size']}; test set: {settings['test_images'] or 'all'} images. "
         f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.{moved_runs(results['records'])}",

@@ -21,7 +21,7 @@ from bench.accuracy import (
     stopped_message,
     summary,
     targets,
-    teacher_accuracy,
+    teacher_accuracy_text,
 )
 
 
@@ -250,8 +250,8 @@ def test_the_distance_to_the_teacher_is_measured_on_each_seeds_own_test_images()
     (judged,) = targets([line])
     assert judged["measured"] == "12.00 points below" and judged["shortfall"] == pytest.approx(9.0)
     each = "seed 0: 90.00 %, seed 1: 92.00 %"
-    assert teacher_accuracy(records, {}) == f"91.00 % (mean over the seeds' test subsets; {each})"
-    assert teacher_accuracy(records[:1], {}) == "90.00 %"
+    assert teacher_accuracy_text(records, {}) == f"91.00 % (mean over the seeds' test subsets; {each})"
+    assert teacher_accuracy_text(records[:1], {}) == "90.00 %"
 
 
 def test_a_grid_continues_only_with_the_teacher_it_began_with(tmp_path, capsys):

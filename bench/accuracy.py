@@ -454,6 +454,14 @@ def teacher_accuracy_text(records: list[dict], teacher: dict) -> str:
     return f"{statistics.fmean(by_seed.values()):.2f} % (mean over the seeds' test subsets; {each})"
 
 
+def teacher_checksum_text(settings: dict) -> str:
+    """The teacher file's SHA-256, by which a reader can tell whether a file at the teacher's path is this grid's."""
+    checksum = settings.get("teacher_sha256")
+    if checksum:
+        return f"Teacher file SHA-256: {checksum}."
+    return "The teacher file's checksum was not recorded (the grid predates checksums): its path may now hold another."
+
+
 def write_report(path: Path, results: dict) -> None:
     settings, teacher = results["settings"], results.get("teacher", {})
     budget = settings["budget"]
@@ -461,10 +469,12 @@ def write_report(path: Path, results: dict) -> None:
         f"# Accuracy benchmark: {settings['dataset']}",
         "",
         f"Architecture (teacher and students): {settings.get('arch', DEFAULT_ARCH)}.",
-        f"Teacher (ANN): {teacher_accuracy_text(results['records'], teacher)} ({teacher.get('command', '')}).",
+        f"Teacher (ANN): {teacher_accuracy_text(results['records'], teacher)} ({teacher.get('command', '')}). "
+        f"{teacher_checksum_text(settings)}",
         f"Student budget (every row): {budget['epochs']} epochs on {budget['train_images'] or 'all'} training "
         f"images, batch {budget['batch_size']}; test set: {settings['test_images'] or 'all'} images. "
         f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.{moved_runs(results['records'])}",
+        *([f"Every row also runs with `{shlex.join(settings['extra'])}`."] if settings.get("extra") else []),
         f"The grid's last command (each run's own is in results.json): `{settings['command']}`",
         "",
         "| method | train | recipe | seeds | accuracy (mean +- sd) | vs direct (paired) | vs kd (paired) "
@@ -608,9 +618,10 @@ def run_grid(args, teacher: Path, teacher_command: str, results: dict, todo: lis
             results["teacher"] = dict(accuracy=record["teacher_accuracy"], command=teacher_command)
         results["records"].append(record)
         save(args.out, results)
+        against = "" if record["teacher_accuracy"] is None else f" (teacher {100 * record['teacher_accuracy']:.2f} %)"
         print(
-            f"[{i}/{len(todo)}] {row_key(*row)}: {100 * record['accuracy']:.2f} % (teacher "
-            f"{_percent(results.get('teacher', {}).get('accuracy'))}), {record['wall_time_s']:.0f} s",
+            f"[{i}/{len(todo)}] {row_key(*row)}: {100 * record['accuracy']:.2f} %{against}, "
+            f"{record['wall_time_s']:.0f} s",
             flush=True,
         )
 

@@ -22,6 +22,7 @@ from bench.accuracy import (
     summary,
     targets,
     teacher_accuracy_text,
+    write_report,
 )
 
 
@@ -53,8 +54,13 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
         assert len(r["accuracy_per_epoch"]) == 2 and r["accuracy_per_epoch"][-1] == r["accuracy"]
         assert r["command"].startswith("python -m distill.run ") and f"--seed {r['seed']}" in r["command"]
         assert r["devices"] == ["cpu"]  # the device of every epoch, in order; two when a run resumed on another
+    ann_line = next(line for line in printed.splitlines() if line.startswith("[12/12] ann-ann-default-s1:"))
+    assert "teacher" not in ann_line  # the ANN row has no teacher; a student's line names its teacher's accuracy
+    assert "(teacher " in next(line for line in printed.splitlines() if line.startswith("[1/12] direct-rate-default-s0:"))
     report = (out / "report.md").read_text()
     assert "| convert | rate | default | 0,1 |" in report and "vs direct" in report
+    assert f"Teacher file SHA-256: {file_sha256(runs / 'teacher' / 'teacher.pt')}." in report
+    assert "Every row also runs with" not in report  # no flags after --
     # the ANN row: the teacher stage alone, on the students' images and epochs, with its own seed; no firing rate
     ann = next(r for r in records if r["method"] == "ann" and r["seed"] == 1)
     assert "--epochs 0 --teacher-epochs 2 --seed 1 --train-subset 256" in ann["command"]
@@ -273,3 +279,16 @@ def test_a_grid_continues_only_with_the_teacher_it_began_with(tmp_path, capsys):
     # a --teacher that is not there is named before anything runs
     with pytest.raises(SystemExit, match="--teacher must be a teacher checkpoint file, got .*missing.pt.*no such file"):
         main(["--quick", "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")])
+
+
+def test_the_report_names_the_flags_every_row_adds_and_a_teacher_without_checksum(tmp_path):
+    """A grid run with flags after ``--`` says so above its table; a grid saved before teacher checksums says that its
+    teacher's path may now hold another teacher."""
+    record = dict(method="ckd", train="rate", recipe="default", seed=0, accuracy=0.75, firing_rate=0.25,
+                  train_time_s=1.0, teacher_accuracy=0.9)  # fmt: skip
+    settings = dict(dataset="fashion_mnist", budget=dict(epochs=5, train_images=10000, batch_size=64), test_images=0,
+                    teacher="t.pt", extra=["--noise-scale", "0.1"], threads=1, machine="a CPU", command="c")  # fmt: skip
+    write_report(tmp_path / "report.md", dict(settings=settings, records=[record], teacher=dict(accuracy=0.9)))
+    report = (tmp_path / "report.md").read_text()
+    assert "Every row also runs with `--noise-scale 0.1`." in report
+    assert "The teacher file's checksum was not recorded (the grid predates checksums)" in report

@@ -56,7 +56,8 @@ def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys)
         assert r["devices"] == ["cpu"]  # the device of every epoch, in order; two when a run resumed on another
     ann_line = next(line for line in printed.splitlines() if line.startswith("[12/12] ann-ann-default-s1:"))
     assert "teacher" not in ann_line  # the ANN row has no teacher; a student's line names its teacher's accuracy
-    assert "(teacher " in next(line for line in printed.splitlines() if line.startswith("[1/12] direct-rate-default-s0:"))
+    direct_line = next(line for line in printed.splitlines() if line.startswith("[1/12] direct-rate-default-s0:"))
+    assert "(teacher " in direct_line
     report = (out / "report.md").read_text()
     assert "| convert | rate | default | 0,1 |" in report and "vs direct" in report
     assert f"Teacher file SHA-256: {file_sha256(runs / 'teacher' / 'teacher.pt')}." in report
@@ -286,8 +287,9 @@ def test_the_report_names_the_flags_every_row_adds_and_a_teacher_without_checksu
     teacher's path may now hold another teacher."""
     record = dict(method="ckd", train="rate", recipe="default", seed=0, accuracy=0.75, firing_rate=0.25,
                   train_time_s=1.0, teacher_accuracy=0.9)  # fmt: skip
-    settings = dict(dataset="fashion_mnist", budget=dict(epochs=5, train_images=10000, batch_size=64), test_images=0,
-                    teacher="t.pt", extra=["--noise-scale", "0.1"], threads=1, machine="a CPU", command="c")  # fmt: skip
+    budget = dict(epochs=5, train_images=10000, batch_size=64)
+    settings = dict(dataset="fashion_mnist", budget=budget, test_images=0, teacher="t.pt",
+                    extra=["--noise-scale", "0.1"], threads=1, machine="a CPU", command="c")  # fmt: skip
     write_report(tmp_path / "report.md", dict(settings=settings, records=[record], teacher=dict(accuracy=0.9)))
     report = (tmp_path / "report.md").read_text()
     assert "Every row also runs with `--noise-scale 0.1`." in report

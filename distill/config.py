@@ -172,7 +172,9 @@ class Config:
         ("zscore", "minmax", "none"),
     )
     noise_scale: float = option(
-        1.0, "ckd's NLD noise: in units of the student's logit std (additive), or the noise's weight (mixture)"
+        0.1,
+        "ckd's NLD noise: in units of the student's logit std (additive), or the noise's weight (mixture); 0.1 is the "
+        "paper's lambda",
     )
     nld_form: str = option(
         "additive",

@@ -190,7 +190,7 @@ def nld_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     tau: float = 4.0,
-    noise_scale: float = 1.0,
+    noise_scale: float = 0.1,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     form: str = "additive",
@@ -201,10 +201,12 @@ def nld_loss(
         z~_S = z_S + noise_scale * std(z_S) * eps,   eps ~ N(0, I),   std over the K classes of each sample
         L    = tau^2 * KL( softmax(z_T / tau) || softmax(z~_S / tau) )
 
-    with ``std(z_S)`` detached (the noise is a smoothing, not a path for gradients). ``form="mixture"`` is the CKDSNN
-    code's (``smooth_noise_softmax``, ``soft_loss_smooth`` in ``utils/utils.py``): the student's distribution is the
-    mixture ``(1 - noise_scale) softmax(z_S / tau) + noise_scale softmax((mean(z_S) + var(z_S) eps) / tau)``, mean and
-    (unbiased) variance over the classes, not detached; its ``noise_weight: 0.9`` is ``noise_scale = 0.1`` here.
+    with ``std(z_S)`` detached (the noise is a smoothing, not a path for gradients); the default ``noise_scale = 0.1``
+    is the paper's lambda (whose noise, ``lambda * eps``, is not scaled by the logits' spread). ``form="mixture"`` is
+    the CKDSNN code's (``smooth_noise_softmax``, ``soft_loss_smooth`` in ``utils/utils.py``): the student's
+    distribution is the mixture ``(1 - noise_scale) softmax(z_S / tau) + noise_scale softmax((mean(z_S) + var(z_S) eps)
+    / tau)``, mean and (unbiased) variance over the classes, not detached; its ``noise_weight: 0.9`` is
+    ``noise_scale = 0.1`` here.
     Liu et al., AAAI 2026 (arXiv 2511.06902). ``noise`` ``[B, K]`` fixes ``eps`` (tests); otherwise it is drawn from
     ``generator``.
     """
@@ -300,7 +302,7 @@ class SAMDLoss(nn.Module):
 class NLDLoss(nn.Module):
     """``nld_loss`` as a module."""
 
-    def __init__(self, tau: float = 4.0, noise_scale: float = 1.0, form: str = "additive"):
+    def __init__(self, tau: float = 4.0, noise_scale: float = 0.1, form: str = "additive"):
         super().__init__()
         _check_tau(tau)
         self.tau, self.noise_scale, self.form = tau, noise_scale, form
@@ -318,7 +320,7 @@ class CKDLoss(nn.Module):
         beta: float = 1.0,
         tau: float = 4.0,
         map_tau: float = 1.0,
-        noise_scale: float = 1.0,
+        noise_scale: float = 0.1,
         samd_norm: str = "zscore",
         nld_form: str = "additive",
     ):

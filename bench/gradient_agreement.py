@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.accuracy import mean_sd
 from distill.datasets import DATASETS, load_dataset
 from models import create_model, list_models, load_student
 
@@ -114,13 +114,19 @@ def probe(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, t
     return agreement(gradients(net, x, y, "bptt"), gradients(net, x, y, "rate"))
 
 
-def networks(args: argparse.Namespace, num_classes: int, in_channels: int, seed: int):
-    """(name, T, tau, network) for each row of the table."""
-    for path in args.students:
+def trained_students(paths: list[Path]) -> list[tuple[str, int, float, torch.nn.Module]]:
+    """(name, T, tau, network) of each student, read once for every seed."""
+    rows = []
+    for path in paths:
         student = load_student(path)
-        yield (path if path.is_dir() else path.parent).name, student.T, student.neuron_options["tau"], student.net
-    if args.students:
-        return
+        rows.append(
+            ((path if path.is_dir() else path.parent).name, student.T, student.neuron_options["tau"], student.net)
+        )
+    return rows
+
+
+def fresh_networks(args: argparse.Namespace, num_classes: int, in_channels: int, seed: int):
+    """(name, T, tau, network) for each T and tau, initialised by ``seed``."""
     for T in args.time_steps:
         for tau in args.neuron_tau:
             torch.manual_seed(seed)
@@ -131,18 +137,18 @@ def networks(args: argparse.Namespace, num_classes: int, in_channels: int, seed:
 def measure(args: argparse.Namespace) -> dict[tuple[str, int, float], list[dict]]:
     """Per row (network, T, tau), one agreement per seed."""
     data = load_dataset(args.dataset, "train")
+    students = trained_students(args.students)
     found: dict[tuple[str, int, float], list[dict]] = {}
     for seed in args.seeds:
         picked = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))[: args.batch_size]
         x, y = data.batch(picked)
-        for name, T, tau, net in networks(args, data.num_classes, x.shape[-3], seed):
+        for name, T, tau, net in students or fresh_networks(args, data.num_classes, x.shape[-3], seed):
             found.setdefault((name, T, tau), []).append(probe(net, x, y))
     return found
 
 
 def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} +- {sd:.2f}"
+    return "{:.2f} +- {:.2f}".format(*mean_sd(values))
 
 
 def table(found: dict[tuple[str, int, float], list[dict]]) -> list[str]:

@@ -192,8 +192,9 @@ class Config:
     branch_weights: str = option(
         "grad_norm",
         "blockwise: weight of each hybrid's loss: min(1, |grad student loss| / |grad hybrid loss|) on the student's "
-        "parameters, re-measured every --balance-every steps (grad_norm), or 1 (equal)",
-        ("grad_norm", "equal"),
+        "parameters, re-measured every --balance-every steps (grad_norm); that ratio uncapped, each hybrid's gradient "
+        "as large as the student's (match); or 1 (equal)",
+        ("grad_norm", "match", "equal"),
     )
     balance_every: int = option(
         50, "measure each loss term's gradient norm every N steps (logged; sets grad_norm branch weights; 0 = never)"

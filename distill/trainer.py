@@ -475,14 +475,14 @@ def term_grad_norms(terms: dict[str, Tensor], params: list[nn.Parameter]) -> dic
     return norms
 
 
-def balanced_weights(norms: dict[str, float], reference: str) -> dict[str, float]:
-    """Each term's weight ``min(1, |grad reference| / |grad term|)``: no term's gradient exceeds the reference's. A
-    reference with no gradient (a student that does not spike yet) leaves every weight at 1, so that the other terms
-    can still move it."""
+def balanced_weights(norms: dict[str, float], reference: str, cap: float = 1.0) -> dict[str, float]:
+    """Each term's weight ``min(cap, |grad reference| / |grad term|)``: with ``cap`` 1 no term's gradient exceeds the
+    reference's; with ``cap`` inf every term's gradient is as large as the reference's. A reference with no gradient (a
+    student that does not spike yet) leaves every weight at 1, so that the other terms can still move it."""
     reference_norm = norms[reference]
     if not reference_norm > 0:
         return dict.fromkeys(norms, 1.0)
-    return {name: min(1.0, reference_norm / norm) if norm > 0 else 1.0 for name, norm in norms.items()}
+    return {name: min(cap, reference_norm / norm) if norm > 0 else 1.0 for name, norm in norms.items()}
 
 
 # ----------------------------------------------------------------------------------------------- one stage
@@ -500,13 +500,14 @@ def fit(
     keep_best: Callable[[dict], None] | None = None,
     probe_params: list[nn.Parameter] | None = None,
     balance_reference: str | None = None,
+    balance_cap: float = 1.0,
 ) -> dict:
     """Trains ``module`` for ``epochs`` (at most ``max_steps`` steps), checkpointing into the run folder.
 
     ``loss_fn`` gives named terms; the step minimises their weighted sum (weights 1, unless ``balance_reference``).
     Every ``balance_every`` steps (from step 0) each term's gradient norm on ``probe_params`` (default ``params``) is
     measured on the first micro-batch and logged; with ``balance_reference`` (a term's name) the weights are then
-    reset to ``balanced_weights``. ``evaluate(split)``: the trained model's accuracy on "val" or "test". ``resume``:
+    reset to ``balanced_weights`` (at most ``balance_cap``). ``evaluate(split)``: the trained model's accuracy on "val" or "test". ``resume``:
     a checkpoint of this stage to continue from. ``keep_best(record)``: called (on rank 0) at the end of each epoch
     whose validation accuracy beats every earlier one. Returns the stage's summary.
     """
@@ -594,7 +595,7 @@ def fit(
                     dist.broadcast(shared, src=0)
                     norms = dict(zip(norms, shared.tolist(), strict=True))
                 if balance_reference is not None:
-                    weights = balanced_weights(norms, balance_reference)
+                    weights = balanced_weights(norms, balance_reference, balance_cap)
                 record = dict(stage=stage, step=step, term_grad_norm=norms, term_weight=weights)
                 ctx.log({**record, "time": round(time.perf_counter() - started, 3)})
             weighted = {name: weights.get(name, 1.0) * term for name, term in out.terms.items()}
@@ -973,7 +974,7 @@ def _train(ctx: Context, resume: dict | None, teacher: nn.Module) -> dict:
     module.to(device)
     student_eval = evaluator(ctx, student)
     student_resume = resume if resume is not None and resume["stage"] == "student" else None
-    balance = "student" if cfg.method == "blockwise" and cfg.branch_weights == "grad_norm" else None
+    balance = "student" if cfg.method == "blockwise" and cfg.branch_weights != "equal" else None
 
     def keep_best(record: dict) -> None:
         save_checkpoint(run_dir / "student_best.pt", student_file(ctx, student, dict(best=record)))
@@ -990,6 +991,7 @@ def _train(ctx: Context, resume: dict | None, teacher: nn.Module) -> dict:
         keep_best,
         probe_params=list(student.parameters()),
         balance_reference=balance,
+        balance_cap=math.inf if cfg.branch_weights == "match" else 1.0,
     )
     if ctx.is_main:
         save_checkpoint(run_dir / "student.pt", student_file(ctx, student, student_summary))

@@ -110,6 +110,14 @@ def test_branch_gradients_at_the_first_step_are_within_10x_with_the_defaults(tmp
     assert max(norms.values()) > 10 * norms["student"], norms
 
 
+def test_matched_branch_weights_give_every_branch_the_students_gradient_norm(tmp_path, digits_teacher):
+    args = [*QUICK, "--teacher", str(digits_teacher), "--method", "blockwise", "--epochs", "1", "--max-steps", "1"]
+    main([*args, "--branch-weights", "match", "--out", str(tmp_path / "match")])
+    norms = first_step_norms(tmp_path / "match")
+    for name in ("hybrid1", "hybrid2"):
+        assert norms[name] == pytest.approx(norms["student"], rel=1e-6), norms
+
+
 def test_blockwise_trains_without_gradient_clipping(tmp_path, digits_teacher):
     out = tmp_path / "noclip"
     args = [*QUICK, "--teacher", str(digits_teacher), "--method", "blockwise", "--grad-clip", "0", "--epochs", "2"]
@@ -130,6 +138,8 @@ def test_balanced_weights():
     norms = {"student": 2.0, "hybrid1": 20.0, "hybrid2": 1.0}
     assert balanced_weights(norms, "student") == {"student": 1.0, "hybrid1": 0.1, "hybrid2": 1.0}
     assert balanced_weights({"student": 0.0, "hybrid1": 5.0}, "student") == {"student": 1.0, "hybrid1": 1.0}
+    matched = balanced_weights(norms, "student", cap=math.inf)
+    assert matched == {"student": 1.0, "hybrid1": 0.1, "hybrid2": 2.0}
 
 
 @pytest.mark.slow

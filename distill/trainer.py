@@ -507,9 +507,9 @@ def fit(
     ``loss_fn`` gives named terms; the step minimises their weighted sum (weights 1, unless ``balance_reference``).
     Every ``balance_every`` steps (from step 0) each term's gradient norm on ``probe_params`` (default ``params``) is
     measured on the first micro-batch and logged; with ``balance_reference`` (a term's name) the weights are then
-    reset to ``balanced_weights`` (at most ``balance_cap``). ``evaluate(split)``: the trained model's accuracy on "val" or "test". ``resume``:
-    a checkpoint of this stage to continue from. ``keep_best(record)``: called (on rank 0) at the end of each epoch
-    whose validation accuracy beats every earlier one. Returns the stage's summary.
+    reset to ``balanced_weights`` (at most ``balance_cap``). ``evaluate(split)``: the trained model's accuracy on
+    "val" or "test". ``resume``: a checkpoint of this stage to continue from. ``keep_best(record)``: called (on rank
+    0) at the end of each epoch whose validation accuracy beats every earlier one. Returns the stage's summary.
     """
     cfg, stage_id = ctx.cfg, STAGES.index(stage)
     per_epoch = steps_per_epoch(len(ctx.train), cfg.batch_size)

@@ -18,7 +18,8 @@ accuracy per epoch and final, firing rate, time, the devices its epochs ran on, 
 per method, and the difference to ``direct`` with its sd, paired by seed; then each target of the benchmark, met or
 missed by how many points) and ``accuracy.png`` (test accuracy per epoch per method, mean over seeds; needs
 matplotlib). The run folders go to ``--runs`` (default ``runs/accuracy/<dataset>``). Rows already in ``results.json``
-are skipped and a row cut short resumes from its checkpoint, so the same command continues an interrupted grid.
+are skipped, a row cut short resumes from its checkpoint and one killed before its first checkpoint starts over, so
+the same command continues an interrupted grid.
 ``--jobs N`` runs N rows at a time, each in a process of its own (a machine with N free cores, or a GPU that one small
 run leaves idle); each record is saved as its run finishes, whatever the order; a failed run stops the grid once the
 runs under way have finished, and an interrupt stops every run at a checkpoint.
@@ -43,6 +44,8 @@ import torch
 
 from bench.config import device_name
 from distill.config import METHODS, TRAIN_MODES, parse_config
+from distill.run import RUN_ERRORS
+from distill.run_folder import MARKER
 from distill.signals import Interrupted
 from distill.trainer import train
 from models.registry import list_models
@@ -153,14 +156,22 @@ def common_flags(args: argparse.Namespace) -> list[str]:
 
 
 def job_argv(argv: list[str], out: Path) -> list[str]:
-    """distill.run's arguments for a job into ``out``: a job cut short continues from its checkpoint."""
-    resume = (out / "checkpoint.pt").exists() and not (out / "results.json").exists()
-    return [*argv, "--out", str(out), *(["--resume"] if resume else [])]
+    """distill.run's arguments for a job into ``out``: a job cut short continues from its checkpoint, and one killed
+    before its first checkpoint starts over (``--overwrite`` replaces only a SpikeKD run folder's files)."""
+    if (out / "results.json").exists():
+        return [*argv, "--out", str(out)]
+    if (out / "checkpoint.pt").exists():
+        return [*argv, "--out", str(out), "--resume"]
+    cut_short = (out / MARKER).exists() and (out / "metrics.jsonl").exists()
+    return [*argv, "--out", str(out), *(["--overwrite"] if cut_short else [])]
 
 
 def run_job(argv: list[str], out: Path) -> dict:
-    """One distill.run job in this process."""
-    return train(parse_config(job_argv(argv, out)))
+    """One distill.run job in this process; a run that refuses or stops says why in one line, as distill.run does."""
+    try:
+        return train(parse_config(job_argv(argv, out)))
+    except RUN_ERRORS as error:
+        raise SystemExit(f"error: {out.name}: {error}") from error
 
 
 def ensure_teacher(args: argparse.Namespace) -> tuple[Path, str]:

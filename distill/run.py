@@ -18,6 +18,10 @@ from distill.run_folder import RunFolderError
 from distill.signals import Interrupted
 from distill.trainer import NonFiniteLossError, SetupError, train
 
+# What a run refuses or stops on with a message naming the cause (bad data, checkpoint or run folder, a diverged loss,
+# a full disk): said as one line, never a traceback. OSError's message names the file.
+RUN_ERRORS = (DatasetError, CheckpointError, NonFiniteLossError, SetupError, RunFolderError, OSError)
+
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(argv)
@@ -29,9 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     except KeyboardInterrupt:  # outside the training steps, or a second Ctrl-C
         print(f"interrupted; the run folder {cfg.run_dir} keeps its last checkpoint (--resume)", file=sys.stderr)
         raise SystemExit(128 + signal.SIGINT) from None
-    except (DatasetError, CheckpointError, NonFiniteLossError, SetupError, RunFolderError) as error:
-        raise SystemExit(f"error: {error}") from error
-    except OSError as error:  # a full or read-only disk, a file that vanished: the message names the file
+    except RUN_ERRORS as error:
         raise SystemExit(f"error: {error}") from error
     if "config" in results:  # rank 0
         print(format_table(summary_rows(results)))

@@ -24,6 +24,7 @@ from bench.accuracy import (
     teacher_accuracy_text,
     write_report,
 )
+from distill.run_folder import claim
 
 
 def test_quick_grid_writes_results_report_and_plot_and_resumes(tmp_path, capsys):
@@ -150,6 +151,28 @@ def test_with_jobs_an_interrupt_stops_every_run_at_a_checkpoint_and_the_same_com
     results = main(argv)
     assert sorted(r["method"] for r in results["records"]) == ["direct", "kd"]
     assert all(r["budget"] == {"epochs": 40, "steps": 320, "train_images": 256} for r in results["records"])
+
+
+def test_a_row_killed_before_its_first_checkpoint_starts_over_and_foreign_files_are_still_refused(tmp_path):
+    """A run killed (SIGKILL, a lost machine) before it wrote a checkpoint leaves its run folder with the log of its
+    first steps only: the same command starts that row over. A folder SpikeKD did not write is never touched."""
+    runs = tmp_path / "runs"
+    killed = runs / "direct-rate-default-s0"
+    claim(killed)
+    (killed / "config.toml").write_text('method = "direct"\n')
+    (killed / "metrics.jsonl").write_text('{"stage": "student", "step": 0}\n')
+    argv = ["--quick", "--methods", "direct", "--seeds", "0", "--out", str(tmp_path / "out"), "--runs", str(runs)]
+    results = main(argv)
+    assert [r["method"] for r in results["records"]] == ["direct"]
+    assert (killed / "results.json").exists() and (killed / "checkpoint.pt").exists()
+
+    foreign = tmp_path / "foreign-runs" / "direct-rate-default-s0"
+    foreign.mkdir(parents=True)
+    (foreign / "metrics.jsonl").write_text("someone else's log\n")
+    argv = ["--quick", "--methods", "direct", "--seeds", "0", "--out", str(tmp_path / "out2")]
+    with pytest.raises(SystemExit, match="direct-rate-default-s0: --out .* holds files SpikeKD did not write"):
+        main([*argv, "--runs", str(foreign.parent), "--teacher", str(runs / "teacher" / "teacher.pt")])
+    assert (foreign / "metrics.jsonl").read_text() == "someone else's log\n"
 
 
 def test_an_interrupted_grid_says_why_and_where_its_finished_rows_are(tmp_path):

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from bench.config import device_name
-from distill.config import METHODS, TRAIN_MODES, parse_config
+from distill.config import METHODS, TRAIN_MODES, Config, parse_config
 from distill.run import RUN_ERRORS
 from distill.run_folder import MARKER
 from distill.signals import Interrupted
@@ -63,6 +63,9 @@ ANN = "ann"  # the ANN row's method and train mode: the teacher's architecture t
 LABELS = (*ROWS, ANN)
 DEFAULT_RECIPE = "default"
 DEFAULT_ARCH = "tiny_resnet"  # also the architecture of every grid saved before --arch existed
+# distill.run options whose default has changed, with the default before grids recorded it: a grid saved earlier ran
+# with these. A grid's rows all run with the same defaults (a changed default is a changed setting).
+EARLIER_DEFAULTS = {"neuron_tau": 2.0}
 VARIANTS = "variants.md"  # a hand-written account of other settings tried, beside the report when there is one
 QUICK = dict(
     dataset="digits",
@@ -347,6 +350,14 @@ def load_results(path: Path, settings: dict) -> dict:
     saved = {"arch": DEFAULT_ARCH, **results["settings"]}
     if "teacher_sha256" not in saved:  # a grid saved before its teacher's checksum was kept: its path alone
         results["settings"]["teacher_sha256"] = saved["teacher_sha256"] = settings.get("teacher_sha256")
+    saved.setdefault("defaults", applying_defaults(saved.get("extra", []), EARLIER_DEFAULTS))
+    today = settings.get("defaults", applying_defaults(settings.get("extra", [])))
+    if saved["defaults"] != today:
+        raise SystemExit(
+            f"error: {path} holds a grid run with distill.run's earlier defaults {saved['defaults']} (now "
+            f"{today}); rerun it into another --out (and --runs) with those after `--` "
+            "(e.g. `-- --neuron-tau 2`) to reproduce it"
+        )
     changed = sorted(k for k in settings if k != "command" and saved.get(k) != settings[k])
     if changed:
         raise SystemExit(
@@ -473,6 +484,29 @@ def teacher_checksum_text(settings: dict) -> str:
     return "The teacher file's checksum was not recorded (the grid predates checksums): its path may now hold another."
 
 
+def applying_defaults(extra: list[str], defaults: dict | None = None) -> dict:
+    """The changeable defaults (``EARLIER_DEFAULTS``' options; today's values unless ``defaults``) that the rows run
+    with: those that the flags after ``--`` do not set."""
+    given = {flag.split("=")[0] for flag in extra if flag.startswith("--")}
+    values = defaults or {name: getattr(Config(), name) for name in EARLIER_DEFAULTS}
+    return {name: value for name, value in values.items() if "--" + name.replace("_", "-") not in given}
+
+
+def defaults_text(settings: dict) -> str:
+    """The distill.run defaults the rows ran with, and how to run them so where today's differ."""
+    ran = settings.get("defaults", applying_defaults(settings.get("extra", []), EARLIER_DEFAULTS))
+    now = applying_defaults(settings.get("extra", []))
+    if not ran:
+        return ""
+    if ran == now:
+        return f"distill.run's defaults: {', '.join(f'{k} {v}' for k, v in ran.items())}."
+    flags = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in ran.items() if now[k] != v)
+    return (
+        f"distill.run's defaults when these rows ran: {', '.join(f'{k} {v}' for k, v in ran.items())} (today's "
+        f"differ: each run's command in results.json needs `{flags}` to run as it did)."
+    )
+
+
 def write_report(path: Path, results: dict) -> None:
     settings, teacher = results["settings"], results.get("teacher", {})
     budget = settings["budget"]
@@ -486,6 +520,7 @@ def write_report(path: Path, results: dict) -> None:
         f"images, batch {budget['batch_size']}; test set: {settings['test_images'] or 'all'} images. "
         f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.{moved_runs(results['records'])}",
         *([f"Every row also runs with `{shlex.join(settings['extra'])}`."] if settings.get("extra") else []),
+        *([defaults_text(settings)] if defaults_text(settings) else []),
         f"The grid's last command (each run's own is in results.json): `{settings['command']}`",
         "",
         "| method | train | recipe | seeds | accuracy (mean +- sd) | vs direct (paired) | vs kd (paired) "
@@ -595,6 +630,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher=str(teacher),
         teacher_sha256=file_sha256(teacher),
         extra=args.extra,
+        defaults=applying_defaults(args.extra),
         threads=args.threads,
         machine=args.machine or device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         command="python -m bench.accuracy " + shlex.join(args.argv),

@@ -142,7 +142,7 @@ class Config:
         ("auto", "cifar", "imagenet"),
     )
     time_steps: int = option(4, "SNN time steps T (event data: must equal the frames per sample)")
-    neuron_tau: float = option(2.0, "LIF membrane time constant")
+    neuron_tau: float = option(1.25, "LIF membrane time constant (the membrane keeps 1 - 1/tau of itself each step)")
     v_threshold: float = option(1.0, "LIF firing threshold")
     hard_reset: bool = option(False, "LIF hard reset to 0 after a spike (default: soft reset, subtract the threshold)")
     detach_reset: bool = option(True, "stop the gradient through the LIF reset")

@@ -10,7 +10,10 @@ import time
 import pytest
 
 from bench.accuracy import (
+    EARLIER_DEFAULTS,
+    applying_defaults,
     common_flags,
+    defaults_text,
     file_sha256,
     load_results,
     main,
@@ -24,6 +27,7 @@ from bench.accuracy import (
     teacher_accuracy_text,
     write_report,
 )
+from distill.config import Config
 from distill.run_folder import claim
 
 
@@ -175,6 +179,29 @@ def test_a_row_killed_before_its_first_checkpoint_starts_over_and_foreign_files_
     assert (foreign / "metrics.jsonl").read_text() == "someone else's log\n"
 
 
+@pytest.mark.parametrize("extra", [[], ["--neuron-tau", "1.25"], ["--neuron-tau=3"]])
+def test_a_grid_saved_under_earlier_defaults_is_never_continued_with_todays(tmp_path, extra):
+    """A results.json saved before distill.run's defaults were recorded ran with ``EARLIER_DEFAULTS``: continuing it
+    with today's defaults would mix two neurons in one table, so it is refused (naming the flag that reproduces it),
+    unless the grid's flags after ``--`` set that option for every row anyway. Its report says how to rerun it."""
+    saved = dict(dataset="digits", arch="tiny_resnet", teacher_sha256="0" * 64, extra=extra, threads=1, command="-")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(dict(settings=saved, records=[])))
+    today = {**saved, "defaults": applying_defaults(extra)}
+    assert Config().neuron_tau != EARLIER_DEFAULTS["neuron_tau"]
+    if extra:
+        assert today["defaults"] == {} and load_results(path, today)["settings"] == saved
+        assert defaults_text(saved) == ""
+    else:
+        with pytest.raises(SystemExit, match=r"earlier defaults \{'neuron_tau': 2.0\}.*`-- --neuron-tau 2`"):
+            load_results(path, today)
+        assert defaults_text(saved) == (
+            "distill.run's defaults when these rows ran: neuron_tau 2.0 (today's differ: each run's command in "
+            "results.json needs `--neuron-tau 2` to run as it did)."
+        )
+        assert defaults_text(today) == f"distill.run's defaults: neuron_tau {Config().neuron_tau}."
+
+
 def test_an_interrupted_grid_says_why_and_where_its_finished_rows_are(tmp_path):
     results = dict(records=[dict(method="kd")])
     message = stopped_message("SIGTERM: stopping the runs at a checkpoint", results, tmp_path)
@@ -203,9 +230,10 @@ def test_the_architecture_goes_to_the_teacher_and_every_row_and_is_part_of_the_s
     # a grid saved before the option existed was a tiny_resnet grid: it continues under the default only
     path = tmp_path / "results.json"
     path.write_text(json.dumps(dict(settings=dict(dataset="digits"), records=[])))
-    assert load_results(path, dict(dataset="digits", arch="tiny_resnet"))["records"] == []
+    earlier = dict(defaults=EARLIER_DEFAULTS)  # (and ran with the defaults of its day)
+    assert load_results(path, dict(dataset="digits", arch="tiny_resnet", **earlier))["records"] == []
     with pytest.raises(SystemExit, match=r"other settings \(\['arch'\]\)"):
-        load_results(path, dict(dataset="digits", arch="resnet20"))
+        load_results(path, dict(dataset="digits", arch="resnet20", **earlier))
     with pytest.raises(SystemExit):
         parse_args(["--arch", "resnet21"])
     err = capsys.readouterr().err
@@ -289,6 +317,7 @@ def test_a_grid_continues_only_with_the_teacher_it_began_with(tmp_path, capsys):
     teacher = tmp_path / "teacher.pt"
     teacher.write_bytes(b"the first teacher")
     first = dict(dataset="digits", arch="tiny_resnet", teacher=str(teacher), teacher_sha256=file_sha256(teacher))
+    first["defaults"] = applying_defaults([])
     path = tmp_path / "results.json"
     path.write_text(json.dumps(dict(settings=first, records=[])))
     assert load_results(path, first)["settings"] == first

@@ -503,7 +503,7 @@ def defaults_text(settings: dict) -> str:
     flags = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in ran.items() if now[k] != v)
     return (
         f"distill.run's defaults when these rows ran: {', '.join(f'{k} {v}' for k, v in ran.items())} (today's "
-        f"differ: each run's command in results.json needs `{flags}` to run as it did)."
+        f"differ: a run's command in results.json needs `{flags}` to run as it did, unless its --recipe sets them)."
     )
 
 

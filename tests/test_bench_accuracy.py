@@ -196,8 +196,8 @@ def test_a_grid_saved_under_earlier_defaults_is_never_continued_with_todays(tmp_
         with pytest.raises(SystemExit, match=r"earlier defaults \{'neuron_tau': 2.0\}.*`-- --neuron-tau 2`"):
             load_results(path, today)
         assert defaults_text(saved) == (
-            "distill.run's defaults when these rows ran: neuron_tau 2.0 (today's differ: each run's command in "
-            "results.json needs `--neuron-tau 2` to run as it did)."
+            "distill.run's defaults when these rows ran: neuron_tau 2.0 (today's differ: a run's command in "
+            "results.json needs `--neuron-tau 2` to run as it did, unless its --recipe sets them)."
         )
         assert defaults_text(today) == f"distill.run's defaults: neuron_tau {Config().neuron_tau}."
 

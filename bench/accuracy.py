@@ -350,15 +350,17 @@ def load_results(path: Path, settings: dict) -> dict:
     saved = {"arch": DEFAULT_ARCH, **results["settings"]}
     if "teacher_sha256" not in saved:  # a grid saved before its teacher's checksum was kept: its path alone
         results["settings"]["teacher_sha256"] = saved["teacher_sha256"] = settings.get("teacher_sha256")
-    saved.setdefault("defaults", applying_defaults(saved.get("extra", []), EARLIER_DEFAULTS))
-    today = settings.get("defaults", applying_defaults(settings.get("extra", [])))
-    if saved["defaults"] != today:
+    ran, extra_ran = run_options(saved, EARLIER_DEFAULTS)
+    today, extra_today = run_options(settings)
+    if ran != today:
+        flags = " ".join(f"{_flag(name)} {value:g}" for name, value in ran.items())
         raise SystemExit(
-            f"error: {path} holds a grid run with distill.run's earlier defaults {saved['defaults']} (now "
-            f"{today}); rerun it into another --out (and --runs) with those after `--` "
-            "(e.g. `-- --neuron-tau 2`) to reproduce it"
+            f"error: {path} holds a grid whose rows ran with {ran} (distill.run's defaults then, or its flags after "
+            f"`--`); this command's would run with {today}. Add `-- {flags}` to continue it"
         )
-    changed = sorted(k for k in settings if k != "command" and saved.get(k) != settings[k])
+    same = ("command", "extra", "defaults")
+    changed = sorted(k for k in settings if k not in same and saved.get(k) != settings[k])
+    changed += ["extra"] if extra_ran != extra_today else []
     if changed:
         raise SystemExit(
             f"error: {path} holds a grid run with other settings ({changed}); give another --out (and --runs) or "
@@ -484,12 +486,35 @@ def teacher_checksum_text(settings: dict) -> str:
     return "The teacher file's checksum was not recorded (the grid predates checksums): its path may now hold another."
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def applying_defaults(extra: list[str], defaults: dict | None = None) -> dict:
     """The changeable defaults (``EARLIER_DEFAULTS``' options; today's values unless ``defaults``) that the rows run
     with: those that the flags after ``--`` do not set."""
     given = {flag.split("=")[0] for flag in extra if flag.startswith("--")}
     values = defaults or {name: getattr(Config(), name) for name in EARLIER_DEFAULTS}
-    return {name: value for name, value in values.items() if "--" + name.replace("_", "-") not in given}
+    return {name: value for name, value in values.items() if _flag(name) not in given}
+
+
+def run_options(settings: dict, earlier: dict | None = None) -> tuple[dict, list[str]]:
+    """What a grid's rows run with of ``EARLIER_DEFAULTS``' options (from its defaults, or the flags after ``--``
+    that set them), and its other flags after ``--``. A grid saved before it recorded its defaults ran with
+    ``earlier``'s."""
+    extra = settings.get("extra", [])
+    values = dict(settings.get("defaults", applying_defaults(extra, earlier)))
+    flags, others, i = {_flag(name): name for name in EARLIER_DEFAULTS}, [], 0
+    while i < len(extra):
+        flag, _, value = extra[i].partition("=")
+        if flag in flags and not value and i + 1 < len(extra):
+            value, i = extra[i + 1], i + 1
+        if flag in flags and value:
+            values[flags[flag]] = float(value)
+        else:
+            others.append(extra[i])
+        i += 1
+    return values, others
 
 
 def defaults_text(settings: dict) -> str:

@@ -179,11 +179,12 @@ def test_a_row_killed_before_its_first_checkpoint_starts_over_and_foreign_files_
     assert (foreign / "metrics.jsonl").read_text() == "someone else's log\n"
 
 
-@pytest.mark.parametrize("extra", [[], ["--neuron-tau", "1.25"], ["--neuron-tau=3"]])
+@pytest.mark.parametrize("extra", [[], ["--neuron-tau", "1.25"], ["--neuron-tau=3", "--v-threshold", "0.9"]])
 def test_a_grid_saved_under_earlier_defaults_is_never_continued_with_todays(tmp_path, extra):
     """A results.json saved before distill.run's defaults were recorded ran with ``EARLIER_DEFAULTS``: continuing it
-    with today's defaults would mix two neurons in one table, so it is refused (naming the flag that reproduces it),
-    unless the grid's flags after ``--`` set that option for every row anyway. Its report says how to rerun it."""
+    with today's defaults would mix two neurons in one table, so it is refused, naming the flag that continues it
+    (the same grid with that flag after ``--`` is the same grid). A grid whose flags set the option runs as it did.
+    Its report says how to rerun it."""
     saved = dict(dataset="digits", arch="tiny_resnet", teacher_sha256="0" * 64, extra=extra, threads=1, command="-")
     path = tmp_path / "results.json"
     path.write_text(json.dumps(dict(settings=saved, records=[])))
@@ -192,14 +193,19 @@ def test_a_grid_saved_under_earlier_defaults_is_never_continued_with_todays(tmp_
     if extra:
         assert today["defaults"] == {} and load_results(path, today)["settings"] == saved
         assert defaults_text(saved) == ""
-    else:
-        with pytest.raises(SystemExit, match=r"earlier defaults \{'neuron_tau': 2.0\}.*`-- --neuron-tau 2`"):
-            load_results(path, today)
-        assert defaults_text(saved) == (
-            "distill.run's defaults when these rows ran: neuron_tau 2.0 (today's differ: a run's command in "
-            "results.json needs `--neuron-tau 2` to run as it did, unless its --recipe sets them)."
-        )
-        assert defaults_text(today) == f"distill.run's defaults: neuron_tau {Config().neuron_tau}."
+        with pytest.raises(SystemExit, match=r"other settings \(\['extra'\]\)"):
+            load_results(path, {**today, "extra": [*extra, "--v-threshold", "0.5"]})
+        return
+    with pytest.raises(SystemExit, match=r"ran with \{'neuron_tau': 2.0\}.*would run with .*Add `-- --neuron-tau 2`"):
+        load_results(path, today)
+    for flags in (["--neuron-tau", "2"], ["--neuron-tau=2.0"]):
+        same_grid = {**saved, "extra": flags, "defaults": applying_defaults(flags)}
+        assert load_results(path, same_grid)["settings"] == saved
+    assert defaults_text(saved) == (
+        "distill.run's defaults when these rows ran: neuron_tau 2.0 (today's differ: a run's command in "
+        "results.json needs `--neuron-tau 2` to run as it did, unless its --recipe sets them)."
+    )
+    assert defaults_text(today) == f"distill.run's defaults: neuron_tau {Config().neuron_tau}."
 
 
 def test_an_interrupted_grid_says_why_and_where_its_finished_rows_are(tmp_path):

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from bench.config import device_name
-from distill.config import METHODS, TRAIN_MODES, Config, parse_config
+from distill.config import METHODS, RECIPES, TRAIN_MODES, Config, parse_config
 from distill.run import RUN_ERRORS
 from distill.run_folder import MARKER
 from distill.signals import Interrupted
@@ -341,9 +341,10 @@ def _raise_interrupt(signum, frame) -> None:
 # ----------------------------------------------------------------------------------------------- results
 
 
-def load_results(path: Path, settings: dict) -> dict:
+def load_results(path: Path, settings: dict, rows: list[tuple] | None = None) -> dict:
     """The grid's results so far; a file written with other settings is an error (it would mix budgets). The grid's
-    command may differ (more seeds, other methods)."""
+    command may differ (more seeds, other methods). The neuron's defaults are compared where ``rows`` (default: any)
+    has a spiking row whose recipe leaves them to the defaults."""
     if not path.exists():
         return dict(settings=settings, records=[])
     results = json.loads(path.read_text())
@@ -352,7 +353,7 @@ def load_results(path: Path, settings: dict) -> dict:
         results["settings"]["teacher_sha256"] = saved["teacher_sha256"] = settings.get("teacher_sha256")
     ran, extra_ran = run_options(saved, EARLIER_DEFAULTS)
     today, extra_today = run_options(settings)
-    if ran != today:
+    if ran != today and (rows is None or any(takes_defaults(row) for row in rows)):
         flags = " ".join(f"{_flag(name)} {value:g}" for name, value in ran.items())
         raise SystemExit(
             f"error: {path} holds a grid whose rows ran with {ran} (distill.run's defaults then, or its flags after "
@@ -484,6 +485,13 @@ def teacher_checksum_text(settings: dict) -> str:
     if checksum:
         return f"Teacher file SHA-256: {checksum}."
     return "The teacher file's checksum was not recorded (the grid predates checksums): its path may now hold another."
+
+
+def takes_defaults(row: tuple) -> bool:
+    """Whether a (label, train mode, recipe, seed) row runs a neuron with an ``EARLIER_DEFAULTS`` option left to
+    distill.run's defaults (the ANN row has no neuron; the reference recipes set their own)."""
+    label, _, recipe, _ = row
+    return label != ANN and not set(EARLIER_DEFAULTS) <= set(RECIPES.get(recipe, {}))
 
 
 def _flag(name: str) -> str:
@@ -660,10 +668,10 @@ def main(argv: list[str] | None = None) -> dict:
         machine=args.machine or device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         command="python -m bench.accuracy " + shlex.join(args.argv),
     )
-    results = load_results(args.out / "results.json", settings)
+    grid = grid_rows(args)
+    results = load_results(args.out / "results.json", settings, grid)
     results["settings"]["command"] = settings["command"]  # the latest; each record keeps its own run's command
     done = {row_key(r["method"], r["train"], r["recipe"], r["seed"]) for r in results["records"]}
-    grid = grid_rows(args)
     todo = [row for row in grid if row_key(*row) not in done]
     print(f"accuracy grid: {len(grid)} runs, {len(grid) - len(todo)} done, results in {args.out}", flush=True)
     try:

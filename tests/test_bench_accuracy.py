@@ -198,6 +198,10 @@ def test_a_grid_saved_under_earlier_defaults_is_never_continued_with_todays(tmp_
         return
     with pytest.raises(SystemExit, match=r"ran with \{'neuron_tau': 2.0\}.*would run with .*Add `-- --neuron-tau 2`"):
         load_results(path, today)
+    # rows with no neuron, or whose recipe sets the leak, run as they did whatever the defaults
+    assert load_results(path, today, [("ann", "ann", "default", 0), ("kd", "rate", "ratebp", 1)])["records"] == []
+    with pytest.raises(SystemExit, match="Add `-- --neuron-tau 2`"):
+        load_results(path, today, [("ann", "ann", "default", 0), ("kd", "rate", "default", 0)])
     for flags in (["--neuron-tau", "2"], ["--neuron-tau=2.0"]):
         same_grid = {**saved, "extra": flags, "defaults": applying_defaults(flags)}
         assert load_results(path, same_grid)["settings"] == saved

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.accuracy import mean_sd
+from distill.config import Config
 from distill.datasets import DATASETS, load_dataset
 from models import create_model, list_models, load_student
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset", default="digits", choices=DATASETS, help="the batch's data set (its default folder)")
     add("--arch", default="resnet20", choices=list_models(), help="architecture of a freshly initialised SNN")
     add("--time-steps", default="4", help="comma-separated T of the fresh SNN")
-    add("--neuron-tau", default="2.0", help="comma-separated LIF time constants of the fresh SNN")
+    add("--neuron-tau", default=f"{Config().neuron_tau:g}", help="comma-separated LIF time constants of the fresh SNN")
     add(
         "--student",
         default="",

@@ -502,7 +502,7 @@ def applying_defaults(extra: list[str], defaults: dict | None = None) -> dict:
     """The changeable defaults (``EARLIER_DEFAULTS``' options; today's values unless ``defaults``) that the rows run
     with: those that the flags after ``--`` do not set."""
     given = {flag.split("=")[0] for flag in extra if flag.startswith("--")}
-    values = defaults or {name: getattr(Config(), name) for name in EARLIER_DEFAULTS}
+    values = defaults if defaults is not None else {name: getattr(Config(), name) for name in EARLIER_DEFAULTS}
     return {name: value for name, value in values.items() if _flag(name) not in given}
 
 
@@ -533,7 +533,7 @@ def defaults_text(settings: dict) -> str:
         return ""
     if ran == now:
         return f"distill.run's defaults: {', '.join(f'{k} {v}' for k, v in ran.items())}."
-    flags = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in ran.items() if now[k] != v)
+    flags = " ".join(f"{_flag(k)} {v:g}" for k, v in ran.items() if now[k] != v)
     return (
         f"distill.run's defaults when these rows ran: {', '.join(f'{k} {v}' for k, v in ran.items())} (today's "
         f"differ: a run's command in results.json needs `{flags}` to run as it did, unless its --recipe sets them)."
@@ -553,7 +553,7 @@ def write_report(path: Path, results: dict) -> None:
         f"images, batch {budget['batch_size']}; test set: {settings['test_images'] or 'all'} images. "
         f"Machine: {settings['machine']}, {settings['threads']} thread(s) per run.{moved_runs(results['records'])}",
         *([f"Every row also runs with `{shlex.join(settings['extra'])}`."] if settings.get("extra") else []),
-        *([defaults_text(settings)] if defaults_text(settings) else []),
+        *filter(None, [defaults_text(settings)]),
         f"The grid's last command (each run's own is in results.json): `{settings['command']}`",
         "",
         "| method | train | recipe | seeds | accuracy (mean +- sd) | vs direct (paired) | vs kd (paired) "

@@ -54,7 +54,7 @@ BUDGET=${BENCH_BUDGET_S:-380}  # + 20 s for the report and the start: under 7 mi
 if [ "$DRY_RUN" = 1 ]; then
     MACHINE=dry-run
     AOT_TARGETS=sm_80,sm_90
-    AOT_CAP=200  # x 3: a CPU without a warm Triton cache compiles about a thousand specialisations
+    AOT_CAP=200  # x CAP_SCALE = 600 s: a CPU without a warm Triton cache compiles about a thousand specialisations
     CAP_SCALE=3  # a shared CPU runs the stages' tiny sizes at any speed: only the pipeline is checked
     BUDGET=${BENCH_BUDGET_S:-900}
     SCALE=(--bench-scale=tiny)

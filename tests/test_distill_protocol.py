@@ -120,17 +120,19 @@ def test_matched_branch_weights_give_every_branch_the_students_gradient_norm(tmp
 
 def test_blockwise_trains_without_gradient_clipping(tmp_path, digits_teacher):
     out = tmp_path / "noclip"
-    args = [*QUICK, "--teacher", str(digits_teacher), "--method", "blockwise", "--grad-clip", "0", "--epochs", "2"]
+    args = [*QUICK, "--teacher", str(digits_teacher), "--method", "blockwise", "--grad-clip", "0", "--epochs", "3"]
     results = main([*args, "--batch-size", "32", "--log-every", "4", "--out", str(out)])
     lines = [r for r in metrics(out) if "loss" in r]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in lines)
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert max(r["loss"] for r in lines) < 2 * lines[0]["loss"]
-    assert results["student_acc"] > 0.6  # direct reaches about 45 % at this budget
+    # 64 test images: over seeds 0-4 block-wise reached 75-92 % at this budget, direct 39-69 %; at 2 epochs block-wise
+    # was 58-80 %, too close to the bar for a CPU that rounds differently
+    assert results["student_acc"] > 0.6
     # per-branch losses on every metrics line; per-branch gradient norms and weights every --balance-every steps
     assert set(lines[0]["terms"]) == {"student", "hybrid1", "hybrid2"}
     probes = [r for r in metrics(out) if "term_grad_norm" in r]
-    assert [r["step"] for r in probes] == [0, 50]  # 2 epochs of 45 steps, --balance-every 50
+    assert [r["step"] for r in probes] == [0, 50, 100]  # 3 epochs of 40 steps, --balance-every 50
     assert set(probes[0]["term_weight"]) == {"student", "hybrid1", "hybrid2"}
 
 
